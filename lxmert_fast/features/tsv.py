@@ -13,7 +13,7 @@ line, img_id and byte offset.
 import base64
 import binascii
 import os
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -80,8 +80,8 @@ def parse_line(line: str, path="<tsv>", line_no=1, offset=0) -> Dict:
     return item
 
 
-def iter_obj_tsv(path: str) -> Iterator[Dict]:
-    """Yield decoded records of one TSV file, in file order."""
+def iter_located(path: str) -> Iterator[Tuple[int, int, Dict]]:
+    """Yield ``(line_no, byte_offset, record)`` for each non-blank line of one TSV file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"feature TSV not found: {path}")
     offset = 0
@@ -92,8 +92,14 @@ def iter_obj_tsv(path: str) -> Iterator[Dict]:
                     text = raw.decode("ascii")
                 except UnicodeDecodeError as e:
                     _fail(path, line_no, offset, None, f"non-ASCII byte at column {e.start}")
-                yield parse_line(text, path, line_no, offset)
+                yield line_no, offset, parse_line(text, path, line_no, offset)
             offset += len(raw)
+
+
+def iter_obj_tsv(path: str) -> Iterator[Dict]:
+    """Yield decoded records of one TSV file, in file order."""
+    for _, _, item in iter_located(path):
+        yield item
 
 
 def load_obj_tsv(path: str, topk: Optional[int] = None) -> List[Dict]:
