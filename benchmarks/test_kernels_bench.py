@@ -1,0 +1,296 @@
+"""Fused kernels of lxmert_fast against torch, at LXMERT's pretraining shapes (DESIGN.md section 3).
+
+- attention (B=256, H=12, D=64, key padding mask, bf16), Lq=20/Lk=36 (language queries on objects)
+  and the reverse: our Triton kernel vs transformers-style eager math and torch SDPA;
+  forward (no dropout, as in inference) and forward+backward (attention dropout 0.1, as in training).
+- cross_attention_pair (both directions of LXMERT's shared cross-attention) vs two calls.
+- dropout_add_layer_norm on 14336x768 (256 x 56 tokens) vs torch LayerNorm alone and the eager
+  add + dropout + LayerNorm chain it replaces.
+- bias_gelu on 14336x3072 (the FFN intermediate) vs eager ``gelu(x + b)``.
+
+All are memory- or launch-bound, so each reports microseconds and GB/s (the same useful-traffic
+byte count for every variant of a group: inputs read and outputs written once) and its ratio to
+each baseline. GPU only: on CPU, under ``--benchmark-disable`` (CI) they run once at tiny fp32
+shapes as a smoke test (Triton under its interpreter); otherwise they skip with a reason.
+"""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import NEEDS_CUDA, record, tensor_bytes, timed
+from lxmert_fast import kernels as K
+
+CUDA = torch.cuda.is_available()
+ROUNDS, WARMUP = 200, 20
+DIRECTIONS = {"lang-on-vis": (20, 36), "vis-on-lang": (36, 20)}
+PASSES = ("fwd", "fwd+bwd")
+TRAIN_DROPOUT = 0.1
+
+
+def _setting(quick):
+    """(device, dtype, small): full bf16 shapes on a GPU; tiny fp32 smoke shapes on CPU in CI."""
+    if CUDA:
+        return "cuda", torch.bfloat16, False
+    if not quick:
+        pytest.skip(NEEDS_CUDA + " (on CPU these run only as a smoke test under "
+                    "--benchmark-disable)")
+    return "cpu", torch.float32, True
+
+
+def _randn(shape, gen, device, dtype, grad=False):
+    return torch.randn(shape, generator=gen).to(device, dtype).requires_grad_(grad)
+
+
+def _key_mask(batch, length, gen, device):
+    """(B, L) bool, True = real key; lengths in [L/4, L], the first row full."""
+    lengths = torch.randint(max(1, length // 4), length + 1, (batch,), generator=gen)
+    lengths[0] = length
+    return (torch.arange(length)[None, :] < lengths[:, None]).to(device)
+
+
+def _run(benchmark, fn, device):
+    """Time ``fn`` (synchronised inside the call) and return its last result."""
+    call = timed(fn)
+    if device == "cuda":
+        return benchmark.pedantic(call, rounds=ROUNDS, warmup_rounds=WARMUP)
+    return benchmark.pedantic(call, rounds=3, warmup_rounds=1)
+
+
+def _check_close(out, ref, dtype, what):
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    err = (out.float() - ref.float()).abs().max().item()
+    bound = tol * (1.0 + ref.float().abs().max().item())
+    assert err <= bound, f"{what}: max abs error {err:.3g} vs the fp32 reference > {bound:.3g}"
+    return err
+
+
+# ---------------------------------------------------------------- attention
+def attention_case(direction, quick):
+    """Factory: q (B, Lq, H, D), k/v (B, Lk, H, D), key padding mask (B, Lk), dout."""
+    device, dtype, small = _setting(quick)
+    lq, lk = DIRECTIONS[direction]
+    b, h, d = (2, 2, 16) if small else (256, 12, 64)
+    lq, lk = (lq // 4, lk // 4) if small else (lq, lk)
+    gen = torch.Generator().manual_seed(0)
+    q = _randn((b, lq, h, d), gen, device, dtype, True)
+    k = _randn((b, lk, h, d), gen, device, dtype, True)
+    v = _randn((b, lk, h, d), gen, device, dtype, True)
+    dout = _randn((b, lq, h, d), gen, device, dtype)
+    mask = _key_mask(b, lk, gen, device)
+    fwd_bytes = tensor_bytes(q, k, v, dout)  # q, k, v read; out written
+    shapes = {"B": b, "H": h, "D": d, "Lq": lq, "Lk": lk, "dtype": dtype, "mask": "key padding"}
+    return SimpleNamespace(q=q, k=k, v=v, mask=mask, dout=dout, device=device, dtype=dtype,
+                           shapes=shapes, bytes={"fwd": fwd_bytes, "fwd+bwd": 3 * fwd_bytes})
+
+
+def attention_eager(q, k, v, mask, p):
+    """transformers' LxmertAttention math: (B, H, L, D) matmuls, additive mask, softmax."""
+    qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+    scores = qh @ kh.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+    scores = scores + (~mask[:, None, None, :]).to(scores.dtype) * torch.finfo(scores.dtype).min
+    probs = F.dropout(scores.softmax(-1), p=p, training=p > 0)
+    return (probs @ vh).transpose(1, 2).contiguous()  # (B, Lq, H, D)
+
+
+def attention_sdpa(q, k, v, mask, p):
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=mask[:, None, None, :], dropout_p=p)
+    return out.transpose(1, 2).contiguous()  # (B, Lq, H, D)
+
+
+def attention_triton(q, k, v, mask, p):
+    return K.attention(q, k, v, mask, dropout_p=p, impl="triton")
+
+
+ATTENTION = {"eager": attention_eager, "sdpa": attention_sdpa, "triton": attention_triton}
+
+
+def _attention_step(fn, c, backward):
+    p = TRAIN_DROPOUT if backward else 0.0
+
+    def step():
+        out = fn(c.q, c.k, c.v, c.mask, p)
+        if backward:
+            torch.autograd.grad(out, (c.q, c.k, c.v), c.dout)
+        return out
+    return step
+
+
+@pytest.mark.parametrize("variant", list(ATTENTION))
+@pytest.mark.parametrize("pass_", PASSES)
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_attention(benchmark, quick, direction, pass_, variant):
+    c = attention_case(direction, quick)
+    fn = ATTENTION[variant]
+    with torch.no_grad():
+        ref = K.attention_ref(c.q, c.k, c.v, c.mask, upcast=True)
+        err = _check_close(fn(c.q, c.k, c.v, c.mask, 0.0), ref, c.dtype, f"attention {variant}")
+    benchmark.group = f"attention {pass_} {direction}"
+    _run(benchmark, _attention_step(fn, c, pass_ == "fwd+bwd"), c.device)
+    record(benchmark, shapes=c.shapes, bytes_moved=c.bytes[pass_], max_abs_err_vs_fp32=err,
+           dropout_p=TRAIN_DROPOUT if pass_ == "fwd+bwd" else 0.0,
+           baselines=("eager", "sdpa") if variant == "triton" else ())
+
+
+# ---------------------------------------------------------------- cross_attention_pair
+def cross_pair_case(quick):
+    """Factory: both streams' q/k/v (B, L, H, D) and masks, from one attention case per side."""
+    lang = attention_case("vis-on-lang", quick)  # queries 36 (vision) on 20 language keys
+    vis = attention_case("lang-on-vis", quick)  # queries 20 (language) on 36 object keys
+    c = SimpleNamespace(
+        q_l=vis.q, k_l=lang.k, v_l=lang.v, q_v=lang.q, k_v=vis.k, v_v=vis.v,
+        mask_l=lang.mask, mask_v=vis.mask, d_l=vis.dout, d_v=lang.dout, device=vis.device,
+        dtype=vis.dtype, shapes=dict(vis.shapes, Lq=None, Lk=None, L_lang=vis.shapes["Lq"],
+                                     L_vis=vis.shapes["Lk"]),
+        bytes={k: vis.bytes[k] + lang.bytes[k] for k in vis.bytes})
+    return c
+
+
+def _pair(single):
+    def both(c, p):
+        return (single(c.q_l, c.k_v, c.v_v, c.mask_v, p), single(c.q_v, c.k_l, c.v_l, c.mask_l, p))
+    return both
+
+
+def _pair_triton(c, p):
+    return K.cross_attention_pair(c.q_l, c.k_l, c.v_l, c.q_v, c.k_v, c.v_v, c.mask_l, c.mask_v,
+                                  dropout_p=p, impl="triton")
+
+
+CROSS = {"eager_x2": _pair(attention_eager), "sdpa_x2": _pair(attention_sdpa),
+         "triton": _pair_triton}
+
+
+@pytest.mark.parametrize("variant", list(CROSS))
+@pytest.mark.parametrize("pass_", PASSES)
+def test_cross_attention_pair(benchmark, quick, pass_, variant):
+    c = cross_pair_case(quick)
+    fn, backward = CROSS[variant], pass_ == "fwd+bwd"
+    with torch.no_grad():
+        out_l, out_v = fn(c, 0.0)
+        err = max(_check_close(out_l, K.attention_ref(c.q_l, c.k_v, c.v_v, c.mask_v, upcast=True),
+                               c.dtype, f"cross pair {variant} (language)"),
+                  _check_close(out_v, K.attention_ref(c.q_v, c.k_l, c.v_l, c.mask_l, upcast=True),
+                               c.dtype, f"cross pair {variant} (vision)"))
+    inputs = (c.q_l, c.k_l, c.v_l, c.q_v, c.k_v, c.v_v)
+
+    def step():
+        outs = fn(c, TRAIN_DROPOUT if backward else 0.0)
+        if backward:
+            torch.autograd.grad(outs, inputs, (c.d_l, c.d_v))
+        return outs
+
+    benchmark.group = f"cross_attention_pair {pass_}"
+    _run(benchmark, step, c.device)
+    record(benchmark, shapes=c.shapes, bytes_moved=c.bytes[pass_], max_abs_err_vs_fp32=err,
+           baselines=("eager_x2", "sdpa_x2") if variant == "triton" else ())
+
+
+# ---------------------------------------------------------------- dropout_add_layer_norm
+def layer_norm_case(quick):
+    """Factory: x, residual (N, C) with N = 256 x 56 tokens, C = 768; LN weight/bias, x_bias."""
+    device, dtype, small = _setting(quick)
+    n, c = (64, 96) if small else (256 * 56, 768)
+    gen = torch.Generator().manual_seed(0)
+    x = _randn((n, c), gen, device, dtype, True)
+    residual = _randn((n, c), gen, device, dtype, True)
+    weight = (1 + 0.1 * torch.randn(c, generator=gen)).to(device, dtype).requires_grad_()
+    bias = _randn((c,), gen, device, dtype, True)
+    x_bias = _randn((c,), gen, device, dtype, True)
+    dout = _randn((n, c), gen, device, dtype)
+    one = tensor_bytes(x)
+    return SimpleNamespace(x=x, residual=residual, weight=weight, bias=bias, x_bias=x_bias,
+                           dout=dout, device=device, dtype=dtype,
+                           shapes={"N": n, "C": c, "dtype": dtype},
+                           # fwd: x, residual read, out written; bwd: dout, saved input read,
+                           # dx (= dresidual) written
+                           bytes={"fwd": 3 * one, "fwd+bwd": 6 * one})
+
+
+def _ln_torch(c, p):
+    """torch LayerNorm alone (the add and dropout left out): the DESIGN.md baseline."""
+    return F.layer_norm(c.x, (c.x.shape[-1],), c.weight, c.bias, 1e-12), \
+        (c.x, c.weight, c.bias)
+
+
+def _ln_eager(c, p):
+    out = K.dropout_add_layer_norm_ref(c.x, c.residual, c.weight, c.bias, 1e-12, p, c.x_bias)
+    return out, (c.x, c.residual, c.weight, c.bias, c.x_bias)
+
+
+def _ln_triton(c, p):
+    out = K.dropout_add_layer_norm(c.x, c.residual, c.weight, c.bias, 1e-12, p, c.x_bias,
+                                   impl="triton")
+    return out, (c.x, c.residual, c.weight, c.bias, c.x_bias)
+
+
+LAYER_NORM = {"torch_ln": _ln_torch, "eager": _ln_eager, "triton": _ln_triton}
+
+
+@pytest.mark.parametrize("variant", list(LAYER_NORM))
+@pytest.mark.parametrize("pass_", PASSES)
+def test_dropout_add_layer_norm(benchmark, quick, pass_, variant):
+    c = layer_norm_case(quick)
+    fn, backward = LAYER_NORM[variant], pass_ == "fwd+bwd"
+    err = None
+    if variant != "torch_ln":  # torch_ln computes less (no add), so it has no common reference
+        with torch.no_grad():
+            ref = K.dropout_add_layer_norm_ref(c.x, c.residual, c.weight, c.bias, 1e-12, 0.0,
+                                               c.x_bias, upcast=True)
+            err = _check_close(fn(c, 0.0)[0], ref, c.dtype, f"dropout_add_layer_norm {variant}")
+
+    def step():
+        out, inputs = fn(c, TRAIN_DROPOUT if backward else 0.0)
+        if backward:
+            torch.autograd.grad(out, inputs, c.dout)
+        return out
+
+    benchmark.group = f"dropout_add_layer_norm {pass_}"
+    _run(benchmark, step, c.device)
+    record(benchmark, shapes=c.shapes, bytes_moved=c.bytes[pass_], max_abs_err_vs_fp32=err,
+           dropout_p=TRAIN_DROPOUT if backward else 0.0,
+           baselines=("torch_ln", "eager") if variant == "triton" else ())
+
+
+# ---------------------------------------------------------------- bias_gelu
+def bias_gelu_case(quick):
+    """Factory: x (N, 3072) FFN intermediate pre-activation and its bias, N = 256 x 56 tokens."""
+    device, dtype, small = _setting(quick)
+    n, c = (64, 128) if small else (256 * 56, 3072)
+    gen = torch.Generator().manual_seed(0)
+    x = _randn((n, c), gen, device, dtype, True)
+    bias = _randn((c,), gen, device, dtype, True)
+    dout = _randn((n, c), gen, device, dtype)
+    one = tensor_bytes(x)
+    return SimpleNamespace(x=x, bias=bias, dout=dout, device=device, dtype=dtype,
+                           shapes={"N": n, "C": c, "dtype": dtype},
+                           # fwd: x read, out written; bwd: dout and x read, dx written
+                           bytes={"fwd": 2 * one, "fwd+bwd": 5 * one})
+
+
+BIAS_GELU = {"eager": lambda x, b: F.gelu(x + b),
+             "triton": lambda x, b: K.bias_gelu(x, b, impl="triton")}
+
+
+@pytest.mark.parametrize("variant", list(BIAS_GELU))
+@pytest.mark.parametrize("pass_", PASSES)
+def test_bias_gelu(benchmark, quick, pass_, variant):
+    c = bias_gelu_case(quick)
+    fn, backward = BIAS_GELU[variant], pass_ == "fwd+bwd"
+    with torch.no_grad():
+        err = _check_close(fn(c.x, c.bias), K.bias_gelu_ref(c.x, c.bias, upcast=True), c.dtype,
+                           f"bias_gelu {variant}")
+
+    def step():
+        out = fn(c.x, c.bias)
+        if backward:
+            torch.autograd.grad(out, (c.x, c.bias), c.dout)
+        return out
+
+    benchmark.group = f"bias_gelu {pass_}"
+    _run(benchmark, step, c.device)
+    record(benchmark, shapes=c.shapes, bytes_moved=c.bytes[pass_], max_abs_err_vs_fp32=err,
+           baselines=("eager",) if variant == "triton" else ())
