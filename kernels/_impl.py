@@ -3,19 +3,35 @@
 "torch" is the pure-PyTorch reference; "triton" runs the Triton kernels (on CPU tensors only
 under ``TRITON_INTERPRET=1``); "auto" picks Triton for CUDA tensors when Triton is importable and
 the reference everywhere else.
+
+Also exports ``triton`` / ``tl``: the real modules, or (when Triton is not installed) a stand-in
+whose ``jit`` leaves the function undecorated, so the op files import and their references work.
 """
 import os
 
 import torch
 
 IMPLS = ("auto", "triton", "torch")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 try:  # Triton is optional at run time: the reference path never needs it.
-    import triton  # noqa: F401
+    import triton
+    import triton.language as tl
 
     HAS_TRITON = True
 except Exception:  # pragma: no cover - depends on the install
     HAS_TRITON = False
+
+    class _NoTriton:
+        """Stand-in for ``triton`` and ``triton.language``: decorators pass functions through."""
+
+        constexpr = object
+
+        @staticmethod
+        def jit(fn=None, **_):
+            return fn if fn is not None else (lambda f: f)
+
+    triton = tl = _NoTriton()
 
 
 def interpreter_on() -> bool:
@@ -36,3 +52,24 @@ def resolve_impl(impl: str, tensor: torch.Tensor, op: str) -> str:
             f"the tensor is on {tensor.device} and TRITON_INTERPRET is not set")
         raise RuntimeError(f"{op}: impl='triton' requested but {why}")
     return "triton"
+
+
+def next_pow2(n: int, minimum: int = 1) -> int:
+    """Smallest power of two >= max(n, minimum) (Triton block sizes must be powers of two)."""
+    n = max(int(n), minimum)
+    return 1 << (n - 1).bit_length()
+
+
+def check_tensors(op: str, device: torch.device, dtype: torch.dtype, **tensors) -> None:
+    """Raise naming the tensor when one is on another device, has another dtype than ``dtype``,
+    or when ``dtype`` is not a kernel dtype. ``None`` values are skipped."""
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{op}: dtype {dtype} is not supported by the Triton kernel "
+                        f"(use one of {KERNEL_DTYPES})")
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device} but the input is on {device}")
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}, expected {dtype}")

@@ -1,11 +1,22 @@
 """Attention for LXMERT's short sequences: self-attention and the shared two-way cross-attention.
 
 Layout: q (B, Lq, H, D), k and v (B, Lk, H, D), read with their strides as they come out of a
-projection; key_padding_mask (B, Lk) bool, True where the key is real. A query row whose keys are
-all masked returns zeros (and zero gradients), never NaN.
+projection (no transposes, no copies; the last dim must be contiguous, else it is copied);
+key_padding_mask (B, Lk) bool, True where the key is real. A query row whose keys are all masked
+returns zeros (and zero gradients), never NaN.
 
-This file holds the pure-PyTorch reference (``attention_ref``), and the public entry points
-``attention`` / ``cross_attention_pair`` that pick an implementation with ``impl``.
+Design (DESIGN.md section 3): LXMERT's attention problems are tiny (20 tokens, 36 objects) and
+many (batch 256 x 12 heads), so the kernel is one program per (batch, head) holding whole score
+rows, an exact softmax and a backward in the same program without atomics (FlashAttention's
+recomputation, Dao et al. 2022, with a single tile in the common case). ``cross_attention_pair``
+runs both directions of LXMERT's cross-attention in one launch (grid (B*H, 2)) forward and one
+backward. Dropout on the probabilities uses a counter-based RNG (``_dropout.py``).
+
+Limits: any Lq, Lk >= 1. Rows of up to ``BK`` keys (128 at head dim 64, 64 at head dim 128) are
+held whole; longer rows are processed in key blocks with an online softmax (forward) and a second
+loop nest for dq (backward), so 512 and beyond run in the kernel. Head dims up to 256 (any, padded
+to a power of two); larger head dims and dtypes other than float32/float16/bfloat16 fall back to
+the reference. Element counters are int32: B*H*Lq*Lk must stay below 2**31.
 """
 import math
 from typing import Optional, Tuple
@@ -13,7 +24,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._impl import resolve_impl
+from ._dropout import check_dropout_p, draw_seed, dropout_keep
+from ._impl import check_tensors, next_pow2, resolve_impl, tl, triton
 
 
 def attention_ref(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, return_probs=False,
@@ -52,22 +64,373 @@ def _check_qkv(q, k, v, key_padding_mask, name="attention"):
                          f"(B, Lk) = {(k.shape[0], k.shape[1])}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Triton kernels. One program = one (batch, head) of one direction; it holds whole score rows
+# (up to BK keys) and walks query blocks of BQ rows. Rows longer than BK keys use an online
+# softmax over key blocks (forward) and a second loop nest for dq (backward): still no atomics.
+# Scores live in the log2 domain (qk_scale = scale * log2(e)); lse is stored in that domain and is
+# +inf for rows whose keys are all masked, so their probabilities (and gradients) are exactly 0.
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _mm(a, b, IEEE: tl.constexpr):
+    if IEEE:  # float32 inputs: full fp32 products, as torch's default matmul
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
+               HAS_MASK: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    offs_k = k0 + tl.arange(0, BK)
+    offs_d = tl.arange(0, BD)
+    inb = offs_k < Lk
+    ld = inb[:, None] & (offs_d < D)[None, :]
+    k = tl.load(k_ptr + offs_k[:, None] * skl + offs_d[None, :], mask=ld, other=0.0)
+    v = tl.load(v_ptr + offs_k[:, None] * svl + offs_d[None, :], mask=ld, other=0.0)
+    valid = inb
+    if HAS_MASK:
+        valid = valid & (tl.load(m_ptr + offs_k * sml, mask=inb, other=0) != 0)
+    return k, v, valid, offs_k
+
+
+@triton.jit
+def _load_rows(ptr, sl, q0, Lq, D, BQ: tl.constexpr, BD: tl.constexpr):
+    offs_q = q0 + tl.arange(0, BQ)
+    offs_d = tl.arange(0, BD)
+    ld = (offs_q < Lq)[:, None] & (offs_d < D)[None, :]
+    return tl.load(ptr + offs_q[:, None] * sl + offs_d[None, :], mask=ld, other=0.0), offs_q
+
+
+@triton.jit
+def _store_rows(ptr, sl, x, q0, Lq, D, BQ: tl.constexpr, BD: tl.constexpr):
+    offs_q = q0 + tl.arange(0, BQ)
+    offs_d = tl.arange(0, BD)
+    st = (offs_q < Lq)[:, None] & (offs_d < D)[None, :]
+    tl.store(ptr + offs_q[:, None] * sl + offs_d[None, :], x.to(ptr.dtype.element_ty), mask=st)
+
+
+@triton.jit
+def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, seed_ptr, bh, b, h, H, Lq, Lk, D,
+                  sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb, sml, qk_scale, p_drop, rng0,
+                  HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+                  BQ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    q_ptr += b * sqb + h * sqh
+    k_ptr += b * skb + h * skh
+    v_ptr += b * svb + h * svh
+    m_ptr += b * smb
+    o_ptr += (b * Lq * H + h) * D
+    lse_ptr += bh * Lq
+    rng0 += bh * Lq * Lk
+    for q0 in range(0, Lq, BQ):
+        q, offs_q = _load_rows(q_ptr, sql, q0, Lq, D, BQ, BD)
+        m_i = tl.full([BQ], float("-inf"), tl.float32)
+        l_i = tl.zeros([BQ], tl.float32)
+        acc = tl.zeros([BQ, BD], tl.float32)
+        for k0 in range(0, Lk, BK):
+            k, v, valid, offs_k = _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
+                                             HAS_MASK, BK, BD)
+            s = _mm(q, tl.trans(k), IEEE) * qk_scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if DROPOUT:
+                keep = dropout_keep(seed_ptr, rng0 + offs_q[:, None] * Lk + offs_k[None, :], p_drop)
+                p = tl.where(keep, p, 0.0)
+            acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, IEEE)
+            m_i = m_new
+        l_safe = tl.where(l_i > 0, l_i, 1.0)
+        inv_l = tl.where(l_i > 0, 1.0 / l_safe, 0.0)
+        if DROPOUT:
+            inv_l = inv_l / (1.0 - p_drop)
+        _store_rows(o_ptr, H * D, acc * inv_l[:, None], q0, Lq, D, BQ, BD)
+        lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("inf"))
+        tl.store(lse_ptr + offs_q, lse, mask=offs_q < Lq)
+
+
+@triton.jit
+def _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0, qk_scale, scale,
+                  p_drop, DROPOUT: tl.constexpr, IEEE: tl.constexpr):
+    """Recompute one (BQ, BK) tile: returns (dropped probabilities, d scores * scale)."""
+    s = _mm(q, tl.trans(k), IEEE) * qk_scale
+    p = tl.exp2(s - lse[:, None])
+    p = tl.where(valid[None, :], p, 0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # rowsum(P * dP) = rowsum(dO * O)
+    dp = _mm(do, tl.trans(v), IEEE)
+    if DROPOUT:
+        keep = dropout_keep(seed_ptr, rng0 + offs_q[:, None] * Lk + offs_k[None, :], p_drop)
+        inv_keep = 1.0 / (1.0 - p_drop)
+        pd = tl.where(keep, p * inv_keep, 0.0)
+        dp = tl.where(keep, dp * inv_keep, 0.0)
+    else:
+        pd = p
+    return pd, p * (dp - delta[:, None]) * scale
+
+
+@triton.jit
+def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr,
+                  seed_ptr, bh, b, h, H, Lq, Lk, D, sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
+                  smb, sml, sdb, sdl, sdh, qk_scale, scale, p_drop, rng0,
+                  HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+                  ONE_KB: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    q_ptr += b * sqb + h * sqh
+    k_ptr += b * skb + h * skh
+    v_ptr += b * svb + h * svh
+    m_ptr += b * smb
+    do_ptr += b * sdb + h * sdh
+    o_ptr += (b * Lq * H + h) * D
+    dq_ptr += (b * Lq * H + h) * D
+    dk_ptr += (b * Lk * H + h) * D
+    dv_ptr += (b * Lk * H + h) * D
+    lse_ptr += bh * Lq
+    rng0 += bh * Lq * Lk
+    for k0 in range(0, Lk, BK):  # dk, dv of one key block, summed over all query blocks
+        k, v, valid, offs_k = _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
+                                         HAS_MASK, BK, BD)
+        dk = tl.zeros([BK, BD], tl.float32)
+        dv = tl.zeros([BK, BD], tl.float32)
+        for q0 in range(0, Lq, BQ):
+            q, offs_q = _load_rows(q_ptr, sql, q0, Lq, D, BQ, BD)
+            do, _ = _load_rows(do_ptr, sdl, q0, Lq, D, BQ, BD)
+            o, _ = _load_rows(o_ptr, H * D, q0, Lq, D, BQ, BD)
+            lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
+            pd, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0,
+                                   qk_scale, scale, p_drop, DROPOUT, IEEE)
+            dv += _mm(tl.trans(pd.to(do.dtype)), do, IEEE)
+            dk += _mm(tl.trans(ds.to(q.dtype)), q, IEEE)
+            if ONE_KB:  # the whole row is in this tile: dq is final
+                _store_rows(dq_ptr, H * D, _mm(ds.to(k.dtype), k, IEEE), q0, Lq, D, BQ, BD)
+        _store_rows(dk_ptr, H * D, dk, k0, Lk, D, BK, BD)
+        _store_rows(dv_ptr, H * D, dv, k0, Lk, D, BK, BD)
+    if not ONE_KB:  # long rows: dq summed over key blocks in a second loop nest
+        for q0 in range(0, Lq, BQ):
+            q, offs_q = _load_rows(q_ptr, sql, q0, Lq, D, BQ, BD)
+            do, _ = _load_rows(do_ptr, sdl, q0, Lq, D, BQ, BD)
+            o, _ = _load_rows(o_ptr, H * D, q0, Lq, D, BQ, BD)
+            lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
+            dq = tl.zeros([BQ, BD], tl.float32)
+            for k0 in range(0, Lk, BK):
+                k, v, valid, offs_k = _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
+                                                 HAS_MASK, BK, BD)
+                _, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr,
+                                      rng0, qk_scale, scale, p_drop, DROPOUT, IEEE)
+                dq += _mm(ds.to(k.dtype), k, IEEE)
+            _store_rows(dq_ptr, H * D, dq, q0, Lq, D, BQ, BD)
+
+
+
+@triton.jit
+def _attn_fwd_kernel(seed_ptr, H, D, qk_scale, p_drop,
+                     qa, ka, va, ma, oa, la, Lqa, Lka, sqba, sqla, sqha, skba, skla, skha, svba,
+                     svla, svha, smba, smla, rnga,
+                     qb, kb, vb, mb, ob, lb, Lqb, Lkb, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb,
+                     svlb, svhb, smbb, smlb, rngb,
+                     MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
+                     MASK_B: tl.constexpr, BQ_B: tl.constexpr, BK_B: tl.constexpr,
+                     PAIR: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+                     BD: tl.constexpr):
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    if PAIR and tl.program_id(1) == 1:
+        _attn_fwd_one(qb, kb, vb, mb, ob, lb, seed_ptr, bh, b, h, H, Lqb, Lkb, D, sqbb, sqlb, sqhb,
+                      skbb, sklb, skhb, svbb, svlb, svhb, smbb, smlb, qk_scale, p_drop, rngb,
+                      MASK_B, DROPOUT, IEEE, BQ_B, BK_B, BD)
+    else:
+        _attn_fwd_one(qa, ka, va, ma, oa, la, seed_ptr, bh, b, h, H, Lqa, Lka, D, sqba, sqla, sqha,
+                      skba, skla, skha, svba, svla, svha, smba, smla, qk_scale, p_drop, rnga,
+                      MASK_A, DROPOUT, IEEE, BQ_A, BK_A, BD)
+
+
+@triton.jit
+def _attn_bwd_kernel(seed_ptr, H, D, qk_scale, scale, p_drop,
+                     qa, ka, va, ma, oa, la, Lqa, Lka, sqba, sqla, sqha, skba, skla, skha, svba,
+                     svla, svha, smba, smla, rnga, doa, dqa, dka, dva, sdba, sdla, sdha,
+                     qb, kb, vb, mb, ob, lb, Lqb, Lkb, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb,
+                     svlb, svhb, smbb, smlb, rngb, dob, dqb, dkb, dvb, sdbb, sdlb, sdhb,
+                     MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
+                     ONE_A: tl.constexpr, MASK_B: tl.constexpr, BQ_B: tl.constexpr,
+                     BK_B: tl.constexpr, ONE_B: tl.constexpr, PAIR: tl.constexpr,
+                     DROPOUT: tl.constexpr, IEEE: tl.constexpr, BD: tl.constexpr):
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    if PAIR and tl.program_id(1) == 1:
+        _attn_bwd_one(qb, kb, vb, mb, ob, lb, dob, dqb, dkb, dvb, seed_ptr, bh, b, h, H, Lqb, Lkb,
+                      D, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb, svlb, svhb, smbb, smlb, sdbb,
+                      sdlb, sdhb, qk_scale, scale, p_drop, rngb, MASK_B, DROPOUT, IEEE, ONE_B,
+                      BQ_B, BK_B, BD)
+    else:
+        _attn_bwd_one(qa, ka, va, ma, oa, la, doa, dqa, dka, dva, seed_ptr, bh, b, h, H, Lqa, Lka,
+                      D, sqba, sqla, sqha, skba, skla, skha, svba, svla, svha, smba, smla, sdba,
+                      sdla, sdha, qk_scale, scale, p_drop, rnga, MASK_A, DROPOUT, IEEE, ONE_A,
+                      BQ_A, BK_A, BD)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers. A "direction" is (q, k, v, mask); attention launches one, the pair two (grid dim 1).
+# ---------------------------------------------------------------------------------------------
+MAX_HEAD_DIM = 256
+BLOCK_ELEMS = 8192  # BK * BD held per program: BK = 128 keys at D = 64, 64 at D = 128
+MAX_BQ = 64
+_LOG2E = 1.4426950408889634
+
+
+def _blocks(Lq, Lk, D):
+    bd = next_pow2(D, 16)
+    return min(next_pow2(Lq, 16), MAX_BQ), min(next_pow2(Lk, 16), max(16, BLOCK_ELEMS // bd)), bd
+
+
+def _num_warps(bq, bk, bd):
+    return 4 if max(bq * bk, bk * bd) <= 4096 else 8
+
+
+def _lastdim_contiguous(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _prepare(q, k, v, mask, name):
+    """Validate one direction for the kernel; returns it with unit last-dim strides."""
+    _check_qkv(q, k, v, mask, name)
+    check_tensors(name, q.device, q.dtype, k=k, v=v)
+    if mask is not None and (mask.dtype != torch.bool or mask.device != q.device):
+        raise TypeError(f"{name}: key_padding_mask must be a bool tensor on {q.device}; got "
+                        f"{mask.dtype} on {mask.device}")
+    if q.shape[1] < 1 or k.shape[1] < 1:
+        raise ValueError(f"{name}: sequence lengths must be >= 1; got Lq={q.shape[1]}, "
+                         f"Lk={k.shape[1]}")
+    return _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v), mask
+
+
+def _dir_args(q, k, v, mask, o, lse, rng0):
+    m = q if mask is None else mask.view(torch.uint8)
+    sm = (0, 0) if mask is None else (mask.stride(0), mask.stride(1))
+    return [q, k, v, m, o, lse, q.shape[1], k.shape[1], q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), *sm, rng0]
+
+
+def _launch_meta(dirs):
+    """Per-direction constexprs, RNG counter bases and the launch options."""
+    metas, rng0, warps = [], 0, 4
+    for q, k, _, mask in dirs:
+        B, Lq, H, D = q.shape
+        bq, bk, bd = _blocks(Lq, k.shape[1], D)
+        metas.append((mask is not None, bq, bk, bk >= k.shape[1], rng0))
+        rng0 += B * H * Lq * k.shape[1]
+        warps = max(warps, _num_warps(bq, bk, bd))
+    if rng0 >= 2 ** 31:
+        raise ValueError(f"attention: B*H*Lq*Lk = {rng0} element counters exceed int32")
+    return metas, dict(num_warps=warps, num_stages=1 if all(m[3] for m in metas) else 2), bd
+
+
+def attention_forward(dirs, scale, p, seed):
+    """Launch the forward for 1 or 2 directions; returns [(out (B, Lq, H, D), lse (B, H, Lq))]."""
+    q0 = dirs[0][0]
+    B, _, H, D = q0.shape
+    res = [(torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty((B, H, q.shape[1]), dtype=torch.float32, device=q.device))
+           for q, _, _, _ in dirs]
+    if B * H == 0:
+        return res
+    metas, opts, bd = _launch_meta(dirs)
+    args = [a for d, (o, lse), m in zip(dirs, res, metas) for a in _dir_args(*d, o, lse, m[4])]
+    cexp = [c for m in metas for c in m[:3]]
+    if len(dirs) == 1:
+        args, cexp = args * 2, cexp * 2
+    _attn_fwd_kernel[(B * H, len(dirs))](
+        q0 if seed is None else seed, H, D, scale * _LOG2E, p, *args, *cexp, len(dirs) == 2,
+        p > 0, q0.dtype == torch.float32, bd, **opts)
+    return res
+
+
+def attention_backward(dirs, outs, lses, douts, scale, p, seed):
+    """Launch the backward for 1 or 2 directions; returns [(dq, dk, dv)] (contiguous)."""
+    q0 = dirs[0][0]
+    B, _, H, D = q0.shape
+    grads = [(torch.empty(q.shape, dtype=q.dtype, device=q.device),
+              torch.empty(k.shape, dtype=k.dtype, device=k.device),
+              torch.empty(k.shape, dtype=k.dtype, device=k.device)) for q, k, _, _ in dirs]
+    if B * H == 0:
+        return grads
+    metas, opts, bd = _launch_meta(dirs)
+    args, cexp = [], []
+    for d, o, lse, do, g, m in zip(dirs, outs, lses, douts, grads, metas):
+        do = _lastdim_contiguous(do)
+        args += _dir_args(*d, o, lse, m[4]) + [do, *g, do.stride(0), do.stride(1), do.stride(2)]
+        cexp += [m[0], m[1], m[2], m[3]]
+    if len(dirs) == 1:
+        args, cexp = args * 2, cexp * 2
+    _attn_bwd_kernel[(B * H, len(dirs))](
+        q0 if seed is None else seed, H, D, scale * _LOG2E, scale, p, *args, *cexp,
+        len(dirs) == 2, p > 0, q0.dtype == torch.float32, bd, **opts)
+    return grads
+
+
+class _AttentionFn(torch.autograd.Function):
+    """Eager autograd for 1 or 2 directions: inputs (scale, p, seed, q, k, v, mask, ...)."""
+
+    @staticmethod
+    def forward(ctx, scale, p, seed, *qkvm):
+        dirs = [qkvm[i:i + 4] for i in range(0, len(qkvm), 4)]
+        res = attention_forward(dirs, scale, p, seed)
+        ctx.scale, ctx.p, ctx.n = scale, p, len(dirs)
+        ctx.save_for_backward(seed, *qkvm, *[t for r in res for t in r])
+        return tuple(o for o, _ in res)
+
+    @staticmethod
+    def backward(ctx, *douts):
+        seed, *saved = ctx.saved_tensors
+        n = ctx.n
+        dirs = [tuple(saved[4 * i:4 * i + 4]) for i in range(n)]
+        outs, lses = saved[4 * n::2], saved[4 * n + 1::2]
+        douts = [torch.zeros_like(o) if d is None else d for d, o in zip(douts, outs)]
+        grads = attention_backward(dirs, outs, lses, douts, ctx.scale, ctx.p, seed)
+        return (None, None, None, *[g for dq, dk, dv in grads for g in (dq, dk, dv, None)])
+
+
+def _kernel_ok(q):
+    return q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.shape[-1] <= MAX_HEAD_DIM
+
+
+def _run_kernel(dirs, p, scale):
+    """Dispatch: the custom op under torch.compile (no graph break), the autograd Function eagerly."""
+    seed = draw_seed(dirs[0][0].device) if p > 0 else None
+    if torch.compiler.is_compiling():
+        from . import _custom_ops  # noqa: F401  (registers torch.ops.lxmert_fast.*)
+
+        return _custom_ops.attention_dirs(dirs, seed, scale, p)
+    return _AttentionFn.apply(scale, p, seed, *[t for d in dirs for t in d])
+
 def attention(q, k, v, key_padding_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
               scale: Optional[float] = None, impl: str = "auto") -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v, per head; returns (B, Lq, H, D)."""
+    """softmax(q k^T * scale + mask) v, per head; returns (B, Lq, H, D).
+
+    Dropout (``dropout_p`` > 0) is applied to the probabilities, as in BERT; pass 0 in eval."""
     _check_qkv(q, k, v, key_padding_mask)
-    if resolve_impl(impl, q, "attention") == "torch":
-        return attention_ref(q, k, v, key_padding_mask, dropout_p, scale)
-    raise RuntimeError("attention: the Triton kernel is not available in this build")
+    p = check_dropout_p("attention", dropout_p)
+    if resolve_impl(impl, q, "attention") == "torch" or not _kernel_ok(q):
+        return attention_ref(q, k, v, key_padding_mask, p, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return _run_kernel([_prepare(q, k, v, key_padding_mask, "attention")], p, scale)[0]
 
 
 def cross_attention_pair(q_l, k_l, v_l, q_v, k_v, v_v, mask_l=None, mask_v=None,
                          dropout_p: float = 0.0, impl: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
-    """LXMERT's shared cross-attention, both directions:
+    """LXMERT's shared cross-attention, both directions (one launch forward, one backward):
     out_l = attention(q_l, k_v, v_v, mask_v) and out_v = attention(q_v, k_l, v_l, mask_l)."""
-    _check_qkv(q_l, k_v, v_v, mask_v, "cross_attention_pair (language->vision)")
-    _check_qkv(q_v, k_l, v_l, mask_l, "cross_attention_pair (vision->language)")
-    if resolve_impl(impl, q_l, "cross_attention_pair") == "torch":
-        return (attention_ref(q_l, k_v, v_v, mask_v, dropout_p),
-                attention_ref(q_v, k_l, v_l, mask_l, dropout_p))
-    raise RuntimeError("cross_attention_pair: the Triton kernel is not available in this build")
+    name_l, name_v = ("cross_attention_pair (language->vision)",
+                      "cross_attention_pair (vision->language)")
+    _check_qkv(q_l, k_v, v_v, mask_v, name_l)
+    _check_qkv(q_v, k_l, v_l, mask_l, name_v)
+    p = check_dropout_p("cross_attention_pair", dropout_p)
+    if resolve_impl(impl, q_l, "cross_attention_pair") == "torch" or not _kernel_ok(q_l):
+        return (attention_ref(q_l, k_v, v_v, mask_v, p), attention_ref(q_v, k_l, v_l, mask_l, p))
+    if q_l.shape[0] != q_v.shape[0] or q_l.shape[2:] != q_v.shape[2:] or q_l.dtype != q_v.dtype:
+        raise ValueError(f"cross_attention_pair: q_l {tuple(q_l.shape)} {q_l.dtype} and q_v "
+                         f"{tuple(q_v.shape)} {q_v.dtype} must share B, H, D and dtype")
+    dirs = [_prepare(q_l, k_v, v_v, mask_v, name_l), _prepare(q_v, k_l, v_l, mask_l, name_v)]
+    out_l, out_v = _run_kernel(dirs, p, 1.0 / math.sqrt(q_l.shape[-1]))
+    return out_l, out_v
