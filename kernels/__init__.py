@@ -7,6 +7,7 @@ from ._impl import HAS_TRITON, IMPLS, resolve_impl
 from .attention import attention, attention_ref, cross_attention_pair
 from .gelu import bias_gelu, bias_gelu_ref
 from .layernorm import dropout_add_layer_norm, dropout_add_layer_norm_ref
+from . import _custom_ops  # noqa: E402,F401  (registers torch.ops.lxmert_fast.*)
 
 __all__ = [
     "HAS_TRITON", "IMPLS", "resolve_impl",

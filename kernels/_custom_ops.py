@@ -10,7 +10,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import attention as _attn
+from .attention import attention_backward, attention_forward
+from .gelu import bias_gelu_backward, bias_gelu_forward
+from .layernorm import layer_norm_backward, layer_norm_forward
 
 _NS = "lxmert_fast"
 
@@ -31,7 +33,7 @@ def _grads_fake(q, k):
 @torch.library.custom_op(f"{_NS}::attn_fwd", mutates_args=())
 def attn_fwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], seed: Optional[Tensor],
              scale: float, p: float) -> Tuple[Tensor, Tensor]:
-    return tuple(_attn.attention_forward([(q, k, v, mask)], scale, p, seed)[0])
+    return tuple(attention_forward([(q, k, v, mask)], scale, p, seed)[0])
 
 
 @attn_fwd.register_fake
@@ -43,7 +45,7 @@ def _(q, k, v, mask, seed, scale, p):
 def attn_bwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], seed: Optional[Tensor],
              out: Tensor, lse: Tensor, dout: Tensor, scale: float,
              p: float) -> Tuple[Tensor, Tensor, Tensor]:
-    return tuple(_attn.attention_backward([(q, k, v, mask)], [out], [lse], [dout], scale, p,
+    return tuple(attention_backward([(q, k, v, mask)], [out], [lse], [dout], scale, p,
                                           seed)[0])
 
 
@@ -72,7 +74,7 @@ attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
 def attn_pair_fwd(qa: Tensor, ka: Tensor, va: Tensor, ma: Optional[Tensor], qb: Tensor,
                   kb: Tensor, vb: Tensor, mb: Optional[Tensor], seed: Optional[Tensor],
                   scale: float, p: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    (oa, la), (ob, lb) = _attn.attention_forward([(qa, ka, va, ma), (qb, kb, vb, mb)], scale, p,
+    (oa, la), (ob, lb) = attention_forward([(qa, ka, va, ma), (qb, kb, vb, mb)], scale, p,
                                                  seed)
     return oa, la, ob, lb
 
@@ -87,7 +89,7 @@ def attn_pair_bwd(qa: Tensor, ka: Tensor, va: Tensor, ma: Optional[Tensor], qb: 
                   kb: Tensor, vb: Tensor, mb: Optional[Tensor], seed: Optional[Tensor],
                   oa: Tensor, la: Tensor, ob: Tensor, lb: Tensor, doa: Tensor, dob: Tensor,
                   scale: float, p: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    ga, gb = _attn.attention_backward([(qa, ka, va, ma), (qb, kb, vb, mb)], [oa, ob], [la, lb],
+    ga, gb = attention_backward([(qa, ka, va, ma), (qb, kb, vb, mb)], [oa, ob], [la, lb],
                                       [doa, dob], scale, p, seed)
     return (*ga, *gb)
 
@@ -122,3 +124,90 @@ def attention_dirs(dirs: List[tuple], seed: Optional[Tensor], scale: float,
         return (attn_fwd(*dirs[0], seed, scale, p)[0],)
     oa, _, ob, _ = attn_pair_fwd(*dirs[0], *dirs[1], seed, scale, p)
     return oa, ob
+
+
+# --- dropout_add_layer_norm -------------------------------------------------------------------
+@torch.library.custom_op(f"{_NS}::ln_fwd", mutates_args=())
+def ln_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Tensor,
+           x_bias: Optional[Tensor], seed: Optional[Tensor], eps: float,
+           p: float) -> Tuple[Tensor, Tensor, Tensor]:
+    return layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p)
+
+
+@ln_fwd.register_fake
+def _(x, residual, weight, bias, x_bias, seed, eps, p):
+    M = x.shape[0]
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32))
+
+
+@torch.library.custom_op(f"{_NS}::ln_bwd", mutates_args=())
+def ln_bwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, x_bias: Optional[Tensor],
+           seed: Optional[Tensor], mean: Tensor, rstd: Tensor, dy: Tensor,
+           p: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dz, dx, dw, db, dxb = layer_norm_backward(x, residual, weight, x_bias, seed, mean, rstd,
+                                                  dy.contiguous(), p)
+    return (dz, x.new_empty((0,)) if dx is None else dx, dw, db,
+            x.new_empty((0,)) if dxb is None else dxb)
+
+
+@ln_bwd.register_fake
+def _(x, residual, weight, x_bias, seed, mean, rstd, dy, p):
+    dz_dtype = x.dtype if residual is None else residual.dtype
+    return (x.new_empty(x.shape, dtype=dz_dtype), x.new_empty(x.shape if p > 0 else (0,)),
+            weight.new_empty(weight.shape), weight.new_empty(weight.shape),
+            x.new_empty((0,)) if x_bias is None else x_bias.new_empty(x_bias.shape))
+
+
+def _ln_setup(ctx, inputs, output):
+    x, residual, weight, _, x_bias, seed, _, p = inputs
+    ctx.save_for_backward(x, residual, weight, x_bias, seed, output[1], output[2])
+    ctx.p, ctx.has_res, ctx.has_xb = p, residual is not None, x_bias is not None
+
+
+def _ln_backward(ctx, dy, _dmean, _drstd):
+    x, residual, weight, x_bias, seed, mean, rstd = ctx.saved_tensors
+    dz, dx, dw, db, dxb = ln_bwd(x, residual, weight, x_bias, seed, mean, rstd, dy, ctx.p)
+    return (dz if ctx.p == 0 else dx, dz if ctx.has_res else None, dw, db,
+            dxb if ctx.has_xb else None, None, None, None)
+
+
+ln_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
+
+
+def layer_norm_op(x, residual, weight, bias, x_bias, seed, eps, p):
+    return ln_fwd(x, residual, weight, bias, x_bias, seed, eps, p)[0]
+
+
+# --- bias_gelu --------------------------------------------------------------------------------
+@torch.library.custom_op(f"{_NS}::bias_gelu_fwd", mutates_args=())
+def bias_gelu_fwd(x: Tensor, bias: Tensor) -> Tensor:
+    return bias_gelu_forward(x, bias)
+
+
+@bias_gelu_fwd.register_fake
+def _(x, bias):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op(f"{_NS}::bias_gelu_bwd", mutates_args=())
+def bias_gelu_bwd(x: Tensor, bias: Tensor, dy: Tensor) -> Tuple[Tensor, Tensor]:
+    return bias_gelu_backward(x, bias, dy.contiguous())
+
+
+@bias_gelu_bwd.register_fake
+def _(x, bias, dy):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), bias.new_empty(bias.shape)
+
+
+def _gelu_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _gelu_backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    return bias_gelu_bwd(x, bias, dy)
+
+
+bias_gelu_fwd.register_autograd(_gelu_backward, setup_context=_gelu_setup)
+bias_gelu_op = bias_gelu_fwd

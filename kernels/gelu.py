@@ -1,12 +1,18 @@
 """GeLU (erf form, as BERT/LXMERT) of x + bias, for the FFN's intermediate layer.
 
-This file holds the pure-PyTorch reference (``bias_gelu_ref``) and the public entry point
-``bias_gelu`` that picks an implementation with ``impl``.
+This file holds the pure-PyTorch reference (``bias_gelu_ref``), the Triton forward and backward
+kernels, their launchers, the autograd Function and the public ``bias_gelu``. The dense layer's
+bias is added here instead of in the GEMM (one read of x, one write of y). The backward recomputes
+x + bias, writes dx and keeps d(bias) partial sums per program in registers over many rows; one
+small (G, N) -> (N,) torch sum finishes them. float32/float16/bfloat16, computed in float32.
 """
 import torch
 import torch.nn.functional as F
 
-from ._impl import resolve_impl
+from ._impl import check_tensors, next_pow2, resolve_impl, tl, triton
+
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
 
 
 def bias_gelu_ref(x, bias, upcast=False):
@@ -16,10 +22,106 @@ def bias_gelu_ref(x, bias, upcast=False):
     return F.gelu(x + bias).to(dtype)
 
 
+@triton.jit
+def _load_h(x_ptr, b_ptr, rows, cols, M, N, sx):
+    msk = (rows < M)[:, None] & (cols < N)[None, :]
+    x = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+    return x + tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :], msk
+
+
+@triton.jit
+def _gelu_fwd_kernel(x_ptr, b_ptr, y_ptr, M, N, sx, BM: tl.constexpr, BN: tl.constexpr):
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    h, msk = _load_h(x_ptr, b_ptr, rows, cols, M, N, sx)
+    y = 0.5 * h * (1.0 + tl.erf(h * _SQRT1_2))
+    tl.store(y_ptr + rows[:, None] * N + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=msk)
+
+
+@triton.jit
+def _gelu_bwd_kernel(x_ptr, b_ptr, dy_ptr, dx_ptr, part_ptr, M, N, rows_per_prog, sx, sdy,
+                     BM: tl.constexpr, BN: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    db = tl.zeros([BN], tl.float32)
+    row_end = tl.minimum(pid * rows_per_prog + rows_per_prog, M)
+    for r0 in range(pid * rows_per_prog, row_end, BM):
+        rows = r0 + tl.arange(0, BM)
+        h, msk = _load_h(x_ptr, b_ptr, rows, cols, row_end, N, sx)
+        dy = tl.load(dy_ptr + rows[:, None] * sdy + cols[None, :], mask=msk, other=0.0)
+        grad = 0.5 * (1.0 + tl.erf(h * _SQRT1_2)) + h * _INV_SQRT_2PI * tl.exp(-0.5 * h * h)
+        dx = tl.where(msk, dy.to(tl.float32) * grad, 0.0)
+        tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
+                 mask=msk)
+        db += tl.sum(dx, 0)
+    tl.store(part_ptr + pid * N + cols, db, mask=cols < N)
+
+
+def _rows(t, N):
+    t = t.reshape(-1, N)
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _tiles(M, N):
+    bn = min(next_pow2(N), 1024)
+    return max(1, min(4096 // bn, next_pow2(M))), bn
+
+
+def bias_gelu_forward(x, bias):
+    """y = gelu(x + bias) for x as (M, N) rows."""
+    M, N = x.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    if M > 0:
+        bm, bn = _tiles(M, N)
+        _gelu_fwd_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
+            x, bias, y, M, N, x.stride(0), bm, bn, num_warps=4)
+    return y
+
+
+def bias_gelu_backward(x, bias, dy):
+    """(dx, dbias) for x, dy as (M, N) rows."""
+    M, N = x.shape
+    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    bm, bn = _tiles(M, N)
+    if x.is_cuda:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        G = max(1, min(triton.cdiv(4 * sms, triton.cdiv(N, bn)), triton.cdiv(M, bm)))
+    else:  # the interpreter: few, long programs
+        G = max(1, min(2, triton.cdiv(M, bm)))
+    part = torch.zeros((G, N), dtype=torch.float32, device=x.device)
+    if M > 0:
+        _gelu_bwd_kernel[(G, triton.cdiv(N, bn))](
+            x, bias, dy, dx, part, M, N, triton.cdiv(M, G), x.stride(0), dy.stride(0), bm, bn,
+            num_warps=4)
+    return dx, part.sum(0).to(bias.dtype)
+
+
+class _BiasGeluFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias):
+        ctx.save_for_backward(x, bias)
+        return bias_gelu_forward(x, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, bias = ctx.saved_tensors
+        return bias_gelu_backward(x, bias, _rows(dy, x.shape[1]))
+
+
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """gelu_erf(x + bias) with bias (N,) broadcast over the last dim of x (..., N)."""
     if tuple(bias.shape) != (x.shape[-1],):
         raise ValueError(f"bias_gelu: bias shape {tuple(bias.shape)} != ({x.shape[-1]},) "
                          f"for x of shape {tuple(x.shape)}")
-    if resolve_impl(impl, x, "bias_gelu") == "torch":
+    if (resolve_impl(impl, x, "bias_gelu") == "torch"
+            or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
         return bias_gelu_ref(x, bias)
-    raise RuntimeError("bias_gelu: the Triton kernel is not available in this build")
+    check_tensors("bias_gelu", x.device, bias.dtype, bias=bias)
+    x2 = _rows(x, x.shape[-1])
+    if torch.compiler.is_compiling():
+        from ._custom_ops import bias_gelu_op
+
+        y = bias_gelu_op(x2, bias)
+    else:
+        y = _BiasGeluFn.apply(x2, bias)
+    return y.view(x.shape)
