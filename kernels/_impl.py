@@ -64,8 +64,9 @@ def check_tensors(op: str, device: torch.device, dtype: torch.dtype, **tensors) 
     """Raise naming the tensor when one is on another device, has another dtype than ``dtype``,
     or when ``dtype`` is not a kernel dtype. ``None`` values are skipped."""
     if dtype not in KERNEL_DTYPES:
-        raise TypeError(f"{op}: dtype {dtype} is not supported by the Triton kernel "
-                        f"(use one of {KERNEL_DTYPES})")
+        names = ", ".join(n for n, t in tensors.items() if t is not None) or "input"
+        raise TypeError(f"{op}: {names} has dtype {dtype}, which the Triton kernel does not "
+                        f"support (use one of {KERNEL_DTYPES})")
     for name, t in tensors.items():
         if t is None:
             continue

@@ -16,13 +16,16 @@ def visual_feat_encoder(feats, boxes, feat_w, feat_b, feat_ln_w, feat_ln_b, box_
                         box_ln_w, box_ln_b, eps=1e-12, dropout_p=0.0, training=True, impl="auto"):
     """LXMERT's visual embedding: (LN(feats W_f + b_f) + LN(boxes W_b + b_b)) / 2, then dropout.
 
-    feats (B, N, F), boxes (B, N, 4) -> (B, N, hidden). The GEMMs stay in torch; the bias adds and
-    LayerNorms go through ``dropout_add_layer_norm`` (x_bias folds the linear bias into the LN).
+    feats (B, N, F), boxes (B, N, 4) -> (B, N, hidden). The GEMMs (without bias) stay in torch;
+    each bias add + LayerNorm is one ``dropout_add_layer_norm`` call with no residual (x_bias folds
+    the linear bias in, so the biased GEMM output is never written), then one average and dropout.
     """
-    x = torch.nn.functional.linear(feats, feat_w)
-    zero_x = torch.zeros_like(x)
-    y = torch.nn.functional.linear(boxes, box_w)
-    fx = dropout_add_layer_norm(x, zero_x, feat_ln_w, feat_ln_b, eps, 0.0, x_bias=feat_b, impl=impl)
-    fy = dropout_add_layer_norm(y, zero_x, box_ln_w, box_ln_b, eps, 0.0, x_bias=box_b, impl=impl)
-    out = (fx + fy) / 2
+    if feats.shape[:-1] != boxes.shape[:-1]:
+        raise ValueError(f"visual_feat_encoder: feats {tuple(feats.shape)} and boxes "
+                         f"{tuple(boxes.shape)} must share (B, N)")
+    x = torch.nn.functional.linear(feats, feat_w)  # (B, N, hidden)
+    y = torch.nn.functional.linear(boxes, box_w)  # (B, N, hidden)
+    fx = dropout_add_layer_norm(x, None, feat_ln_w, feat_ln_b, eps, 0.0, x_bias=feat_b, impl=impl)
+    fy = dropout_add_layer_norm(y, None, box_ln_w, box_ln_b, eps, 0.0, x_bias=box_b, impl=impl)
+    out = (fx + fy) * 0.5
     return torch.nn.functional.dropout(out, p=dropout_p, training=training) if dropout_p > 0 else out
