@@ -30,7 +30,7 @@ from lxmert_fast.data.tokenization import resolve_vocab
 from lxmert_fast.data.world_splits import DEFAULT_SENTENCES, build_splits
 from lxmert_fast.features.tsv import write_obj_tsv
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 DEFAULT_NUM_IMAGES = 1600
 COMPLETE = "COMPLETE"
 FEATURES_TSV = "features.tsv"
@@ -91,7 +91,7 @@ def num_valid_images(num_images: int) -> int:
 
 def _dump_json(obj, path: str) -> None:
     with open(path, "w") as f:
-        json.dump(obj, f)
+        f.write(json.dumps(obj))
 
 
 def _write_world(tmp: str, seed: int, num_images: int) -> None:

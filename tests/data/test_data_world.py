@@ -200,7 +200,7 @@ def test_refuses_foreign_directory(tmp_path):
 def test_ensure_world_cache_env_and_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("LXMERT_FAST_CACHE", str(tmp_path))
     world = ensure_world(seed=2, num_images=20, feature_store=False)
-    assert world.root == os.path.join(str(tmp_path), "world-1-2-20")
+    assert world.root == os.path.join(str(tmp_path), "world-2-2-20")
     assert set(world.splits) == set(SPLIT_NAMES)
     for path in list(world.splits.values()) + [getattr(world, t) for t in TABLE_NAMES]:
         assert os.path.isfile(path)
