@@ -1,15 +1,18 @@
-"""Distributed evaluation: each rank predicts a disjoint shard of the split (``rank::world``,
-no padding, so no example is counted twice), scores it, and the (score, count) sums are
+"""Distributed evaluation: each rank predicts a disjoint contiguous shard of the split
+(``lxmert_fast.training.sampler.eval_shards``: equal batch counts on every rank, padding entries
+dropped, so no example is counted twice), scores it, and the (score, count) sums are
 all-reduced; predictions are all-gathered so rank 0 writes the full prediction file. The
 accuracy over N ranks therefore equals the one-rank accuracy (the original evaluates on one GPU).
 """
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+
+from lxmert_fast.training.sampler import eval_shards
 
 from .dataset import TaskDataset
 from .metrics import ScoreSum, example_score, metrics_dict
@@ -44,11 +47,9 @@ def _to_model(batch: Dict, device, dtype) -> Dict:
 
 
 @torch.no_grad()
-def predict(model, dataset: TaskDataset, indices: Sequence[int], batch_size: int = 64,
-            device=None, dtype=None) -> List[int]:
-    """Argmax class of each example at ``indices`` (no labels needed)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+def predict(model, dataset: TaskDataset, batches: Iterable[Sequence[int]], device=None,
+            dtype=None) -> List[int]:
+    """Argmax class of each example of ``batches`` (lists of indices; no labels needed)."""
     param = next(iter(model.parameters()))
     device = device or param.device
     dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
@@ -56,13 +57,24 @@ def predict(model, dataset: TaskDataset, indices: Sequence[int], batch_size: int
     model.eval()
     out: List[int] = []
     try:
-        for start in range(0, len(indices), batch_size):
-            chunk = list(indices[start:start + batch_size])
-            batch = _to_model(dataset.make_batch(chunk, with_labels=False), device, dtype)
+        for chunk in batches:
+            batch = _to_model(dataset.make_batch(list(chunk), with_labels=False), device, dtype)
             out.extend(logits_of(dataset.task, model(**batch)).argmax(dim=-1).tolist())
     finally:
         model.train(was_training)
     return out
+
+
+def _local_predictions(model, dataset, batch_size, rank, world, device, dtype):
+    """This rank's (indices, predicted classes). Every rank runs the same number of batches
+    (ZeRO-3 gathers parameters collectively inside forward); padding entries are dropped."""
+    if batch_size < 1:
+        raise ValueError(f"eval batch_size={batch_size} must be >= 1")
+    shards = list(eval_shards(len(dataset), batch_size, world, rank))
+    preds = predict(model, dataset, [idx for idx, _ in shards], device, dtype)
+    flat = [(i, ok) for idx, valid in shards for i, ok in zip(idx, valid)]
+    keep = [(i, p) for (i, ok), p in zip(flat, preds) if ok]
+    return [i for i, _ in keep], [p for _, p in keep]
 
 
 @dataclass
@@ -80,9 +92,8 @@ def evaluate(model, dataset: TaskDataset, split: str = "valid", batch_size: int 
              device=None, dtype=None, group=None) -> EvalResult:
     """Predict and score ``dataset`` across the ranks of ``group`` (every rank gets the result)."""
     rank, world = dist_info(group)
-    indices = list(range(rank, len(dataset), world))
-    local = dataset.prediction_items(indices, predict(model, dataset, indices, batch_size,
-                                                      device, dtype)) if indices else []
+    indices, preds = _local_predictions(model, dataset, batch_size, rank, world, device, dtype)
+    local = dataset.prediction_items(indices, preds)
     total = ScoreSum()
     for (_, _, pred), i in zip(local, indices):
         rec = dataset.records[i]
