@@ -1,0 +1,99 @@
+"""LXMERT pretraining (Tan & Bansal, 2019) with DeepSpeed ZeRO: the five tasks (masked LM,
+masked-object feature/label/attribute prediction, cross-modality matching, image QA) summed.
+
+    deepspeed lxmert_fast/train.py                       # synthetic world, sized to the machine
+    deepspeed --num_gpus 8 lxmert_fast/train.py --deepspeed_config configs/zero2_bf16.json \
+        --train_json a.json --valid_json b.json --features feats.store --max_steps 100000
+    deepspeed lxmert_fast/train.py --output_dir runs/x --resume   # continue from `latest`
+
+Also runs as `python lxmert_fast/train.py` (one process). Parse -> build -> train -> close; the
+parts live in lxmert_fast/training/ (shared with finetune.py).
+"""
+import os
+import sys
+
+if __package__ in (None, ""):  # `deepspeed lxmert_fast/train.py` runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lxmert_fast.training import env  # noqa: E402  (sets DS_ACCELERATOR before deepspeed loads)
+
+
+def build(args, info):
+    """Everything before the first step: data, process group, model, engine, resume state."""
+    from lxmert_fast import LxmertForPreTraining
+    from lxmert_fast.training import pretrain
+    from lxmert_fast.training.checkpoint import Checkpointer
+    from lxmert_fast.training.engine import build_engine
+    from lxmert_fast.training.sampler import ResumableBatchSampler
+
+    ds_config = pretrain.load_ds_config(args, info["device"], info["world_size"])
+    ckpt = Checkpointer(args.output_dir, args.keep_last)
+    if ckpt.latest_tag() and not args.resume:
+        raise FileExistsError(f"{args.output_dir} already holds checkpoints: pass --resume to "
+                              f"continue that run, or choose another --output_dir")
+    data = pretrain.build_data(args)
+    env.init_distributed()
+    config = pretrain.model_config(args, data)
+    if env.rank() == 0:
+        pretrain.save_run_info(args, data, config, ds_config, info["world_size"])
+    env.seed_everything(args.seed, 0)        # identical initial weights on every rank
+    model = LxmertForPreTraining(config)
+    engine = build_engine(model, ds_config, args.max_steps, args.warmup_ratio, args.lr)
+    sampler = ResumableBatchSampler(len(data.train), engine.train_micro_batch_size_per_gpu(),
+                                    engine.gradient_accumulation_steps(), env.world_size(),
+                                    env.rank(), args.seed)
+    env.seed_everything(args.seed, env.rank())   # dropout differs by rank
+    start = 0
+    if args.resume and ckpt.latest_tag():
+        start = sampler.load_state_dict(ckpt.load(engine)["sampler"])
+    elif args.resume and env.rank() == 0:
+        print(f"--resume: no checkpoint in {args.output_dir} yet; starting from step 0")
+    return data, engine, sampler, ckpt, start
+
+
+def train(args, data, engine, sampler, ckpt, start):
+    from lxmert_fast.training import loop, pretrain
+    from lxmert_fast.training.evaluate import evaluate_pretraining
+    from lxmert_fast.training.metrics import MetricsLogger
+
+    metrics = MetricsLogger(args.output_dir, env.rank(), start, args.max_steps,
+                            tensorboard=not args.no_tensorboard, progress=not args.no_progress)
+    metrics.print(f"LXMERT pretraining: {engine.module.num_parameters() / 1e6:.1f}M parameters "
+                  f"({args.model_size}), {len(data.train)} examples from {data.source}, "
+                  f"batch {sampler.global_batch} on {env.world_size()} rank(s), steps "
+                  f"{start}->{args.stop_at or args.max_steps} of {args.max_steps}")
+    plan = loop.Plan(args.max_steps, args.save_steps, args.eval_steps, args.stop_at,
+                     args.num_workers)
+
+    def evaluate(eng):
+        return evaluate_pretraining(eng, data.valid, sampler.micro_batch, args.eval_examples)
+
+    try:
+        done = loop.train(engine, sampler, pretrain.make_batch_fn(data.train, args.qa_from_epoch),
+                          pretrain.forward, plan, pretrain.TASKS, ckpt, metrics, start, evaluate)
+        metrics.print(f"stopped at step {done} of {args.max_steps}; checkpoint "
+                      f"{ckpt.latest_tag()} in {ckpt.dir}; metrics in {metrics.path}")
+    finally:
+        metrics.close()
+
+
+def main(argv=None):
+    info = env.setup_environment()
+    from lxmert_fast.training import args as cli
+    from lxmert_fast.training import pretrain
+
+    args = cli.parse(cli.PretrainArgs, cli.pretrain_parser(), argv)
+    cli.check_files(args)
+    pretrain.resolve_defaults(args, info["device"])
+    state = build(args, info)
+    try:
+        train(args, *state)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""LXMERT pretraining task glue for train.py: machine-dependent defaults, data, model, forward.
+
+Defaults when not given (the "runs in a few minutes on the machine at hand" rule, issue 5):
+on a CPU the `small` model (hidden 128, 2/2/2 layers), global batch 32 and 350 steps (~2-4 min
+on two cores); on GPUs the full `base` model (768, 9/5/5) in bf16 ZeRO-2, batch 256, 1000 steps.
+Without data paths the embedded synthetic world (lxmert_fast.data.world) is generated once and
+its pretraining splits are used; the QA answer table is built from the training records and
+saved with the run (answer_table.json) so a resumed run or an export uses the same ids.
+"""
+import json
+import os
+from dataclasses import dataclass
+
+from . import ds_config as dsc
+
+# name -> (hidden, heads, intermediate, l_layers, x_layers, r_layers)
+MODEL_SIZES = {
+    "tiny": (32, 2, 64, 1, 1, 1),
+    "small": (128, 4, 512, 2, 2, 2),
+    "base": (768, 12, 3072, 9, 5, 5),
+}
+CPU_DEFAULTS = {"model_size": "small", "max_steps": 350, "batch_size": 32}
+GPU_DEFAULTS = {"model_size": "base", "max_steps": 1000, "batch_size": 256}
+TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa")
+
+
+def resolve_defaults(args, device: str) -> None:
+    """Fill the machine-dependent fields left unset (in place)."""
+    defaults = GPU_DEFAULTS if device == "cuda" else CPU_DEFAULTS
+    if args.model_size == "auto":
+        args.model_size = defaults["model_size"]
+    if args.max_steps is None:
+        args.max_steps = defaults["max_steps"]
+    if args.batch_size is None:
+        args.batch_size = defaults["batch_size"]
+    if args.save_steps is None:
+        args.save_steps = max(1, args.max_steps // 4)
+    if args.num_workers is None:
+        args.num_workers = 4 if device == "cuda" else 0
+    if args.stop_at is not None and args.stop_at > args.max_steps:
+        raise ValueError(f"--stop_at={args.stop_at} is beyond --max_steps={args.max_steps}")
+
+
+def load_ds_config(args, device: str, world_size: int) -> dict:
+    if args.deepspeed_config:
+        return dsc.load(args.deepspeed_config, world_size)
+    return dsc.default(device, world_size, args.batch_size)
+
+
+@dataclass
+class PretrainData:
+    train: object           # PretrainDataset
+    valid: object
+    answer_table: object
+    vocab: str
+    vocab_size: int
+    feature_dim: int
+    source: str             # "synthetic world <root>" or the record paths
+
+
+def _open_features(paths):
+    from lxmert_fast.features import FeatureStore, TsvFeatures
+
+    if all(p.endswith(".tsv") for p in paths):
+        return TsvFeatures(paths)
+    if len(paths) != 1:
+        raise ValueError(f"--features: give one feature store or TSV file(s), got {paths}")
+    return FeatureStore(paths[0])
+
+
+def build_data(args) -> PretrainData:
+    """Datasets, tokenizer and answer table (every rank builds its own; no collectives)."""
+    from lxmert_fast.data.pretrain import AnswerTable, PretrainDataset
+    from lxmert_fast.data.tokenization import load_tokenizer, resolve_vocab
+
+    if args.train_json is None:
+        from lxmert_fast.data.world import ensure_world
+
+        world = ensure_world(seed=0, num_images=args.num_images, vocab=args.vocab)
+        train_json, valid_json = [world.splits["pretrain_train"]], [world.splits["pretrain_valid"]]
+        features, vocab, source = world.open_features(), world.vocab, f"synthetic world {world.root}"
+    else:
+        train_json, valid_json = args.train_json, args.valid_json
+        features, vocab, source = _open_features(args.features), resolve_vocab(args.vocab), \
+            " ".join(train_json)
+    tokenizer = load_tokenizer(vocab)
+    saved = os.path.join(args.output_dir, "answer_table.json")
+    table = AnswerTable.load(saved) if args.resume and os.path.exists(saved) else None
+    common = dict(features=features, tokenizer=tokenizer, max_seq_len=args.max_seq_len,
+                  max_boxes=args.max_boxes, seed=args.seed)
+    train = PretrainDataset(train_json, answer_table=table, **common)
+    valid = PretrainDataset(valid_json, answer_table=train.answer_table, train=False, **common)
+    probe = features.gather([0], max_boxes=1)["features"]
+    return PretrainData(train, valid, train.answer_table, vocab, tokenizer.get_vocab_size(),
+                        int(probe.shape[-1]), source)
+
+
+def model_config(args, data: PretrainData):
+    from lxmert_fast import LxmertConfig
+
+    hidden, heads, inter, l_layers, x_layers, r_layers = MODEL_SIZES[args.model_size]
+    if args.hidden_size is not None:
+        hidden, inter = args.hidden_size, 4 * args.hidden_size
+        heads = max(h for h in (1, 2, 4, 8, 12, 16) if hidden % h == 0 and hidden // h >= 16) \
+            if hidden >= 16 else 1
+    extra = {} if args.dropout is None else {"hidden_dropout_prob": args.dropout,
+                                             "attention_probs_dropout_prob": args.dropout}
+    return LxmertConfig(
+        vocab_size=data.vocab_size, hidden_size=hidden, num_attention_heads=heads,
+        intermediate_size=inter, l_layers=args.l_layers or l_layers,
+        x_layers=args.x_layers or x_layers, r_layers=args.r_layers or r_layers,
+        num_qa_labels=max(1, len(data.answer_table)), visual_feat_dim=data.feature_dim,
+        kernel_impl=args.kernel_impl, **extra)
+
+
+def save_run_info(args, data: PretrainData, config, ds_config: dict, world_size: int) -> None:
+    """run.json (what export needs: model class + config) and the answer table; rank 0 only."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    info = {"model_class": "LxmertForPreTraining", "model_config": config.to_dict(),
+            "ds_config": ds_config, "world_size": world_size, "vocab": data.vocab,
+            "data": data.source, "args": {k: v for k, v in vars(args).items()}}
+    path = os.path.join(args.output_dir, "run.json")
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)["model_config"]
+        diff = sorted(k for k in set(old) | set(info["model_config"])
+                      if old.get(k) != info["model_config"].get(k))
+        if diff:
+            raise ValueError(f"--resume: model config differs from the run in {args.output_dir} "
+                             f"in {diff} (e.g. {diff[0]}: {old.get(diff[0])!r} -> "
+                             f"{info['model_config'].get(diff[0])!r})")
+    with open(path + ".tmp", "w") as f:
+        json.dump(info, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
+    data.answer_table.save(os.path.join(args.output_dir, "answer_table.json"))
+
+
+def make_batch_fn(dataset, qa_from_epoch: int):
+    """MicroBatch -> model kwargs; epoch-dependent masking and the QA switch set per call, so it
+    is correct in any DataLoader worker."""
+    def make(mb):
+        dataset.set_epoch(mb.epoch)
+        dataset.enable_qa(mb.epoch >= qa_from_epoch)
+        return dataset.make_batch(mb.indices)
+    return make
+
+
+LABELS_OF = {"mlm": "labels", "qa": "ans"}
+
+
+def forward(engine, batch):
+    """-> (total loss, per-task losses). A task whose labels are all ignored (-100) in this
+    micro-batch contributes 0 to the total and is left out of the per-task means."""
+    out = engine(**batch)
+    losses = {k: v for k, v in out.losses.items()
+              if k not in LABELS_OF or bool((batch[LABELS_OF[k]] >= 0).any())}
+    return out.loss, losses
