@@ -7,15 +7,15 @@
 #
 # Expects /work/shared/wheels copied to .whl/ (DeepSpeed and its missing dependencies; see
 # /work/shared/wheels/README.md). Every phase has its own timeout (SIGINT first, so pytest still
-# writes the JSON of what it measured) and the phases share a budget (GPU_RUN_BUDGET seconds, 440
-# by default), so a hang in one phase still leaves the others' results. Results to commit go under
-# benchmarks/results/<device>/ (see benchmarks/results/README.md).
+# writes the JSON of what it measured) and all share a budget counted from the start
+# (GPU_RUN_BUDGET seconds, 400 by default), so a hang in one phase still leaves the others'
+# results. Results to commit go under benchmarks/results/<device>/ (benchmarks/results/README.md).
 set -u
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-out/gpu}}
 mkdir -p "$OUT_DIR"
 START=$(date +%s)
-BUDGET=${GPU_RUN_BUDGET:-440}
+BUDGET=${GPU_RUN_BUDGET:-400}
 
 log() { echo "[gpu_run +$(( $(date +%s) - START ))s] $*" | tee -a "$OUT_DIR/gpu_run.log"; }
 
@@ -71,23 +71,23 @@ EOF
 nvidia-smi > "$OUT_DIR/nvidia-smi.txt" 2>&1
 
 # 3. GPU parity tests, then the benchmarks (one JSON per phase so a timeout loses only its own).
-phase parity 100 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider
+phase parity 90 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider
 BENCH=(python3 -m pytest -q -rs -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,rounds)
-phase bench_train 170 "${BENCH[@]}" benchmarks/test_model_bench.py -k pretrain \
+phase bench_train 150 "${BENCH[@]}" benchmarks/test_model_bench.py -k pretrain \
   --benchmark-json "$OUT_DIR/bench_train.json"
 phase bench_kernels 60 "${BENCH[@]}" benchmarks/test_kernels_bench.py \
   --benchmark-json "$OUT_DIR/bench_kernels.json"
-phase bench_infer 80 "${BENCH[@]}" benchmarks/test_model_bench.py -k inference \
+phase bench_infer 60 "${BENCH[@]}" benchmarks/test_model_bench.py -k inference \
   --benchmark-json "$OUT_DIR/bench_infer.json"
 if [ -f benchmarks/test_features_bench.py ]; then
-  phase bench_features 40 "${BENCH[@]}" benchmarks/test_features_bench.py \
+  phase bench_features 30 "${BENCH[@]}" benchmarks/test_features_bench.py \
     --benchmark-json "$OUT_DIR/bench_features.json"
 fi
 
 # 4. The report over whatever JSON the phases left (outside the budget: it takes seconds).
 JSONS=$(ls "$OUT_DIR"/bench_*.json 2> /dev/null)
 if [ -n "$JSONS" ]; then
-  timeout 60 python3 -m benchmarks.report $JSONS --out "$OUT_DIR" > "$OUT_DIR/report.log" 2>&1
+  timeout 30 python3 -m benchmarks.report $JSONS --out "$OUT_DIR" > "$OUT_DIR/report.log" 2>&1
   log "report rc=$?"; cat "$OUT_DIR/report.log"
 else
   log "no benchmark JSON was written"

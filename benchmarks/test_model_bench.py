@@ -28,7 +28,7 @@ from benchmarks.common import cuda_peak_memory_gb, record, reset_peak_memory, ti
 from benchmarks.model_factory import (config_kwargs, forward_flops, make_batch, model_inputs,
                                       peak_tflops, setting_for)
 
-TRAIN_BASELINES = ("hf_eager", "hf_compile")
+BASELINES = ("hf_eager", "hf_compile")
 # The compiled variants last: they take the longest (compilation), so a phase timeout on the GPU
 # machine loses them first; benchmarks.report computes every ratio from the JSON rows anyway.
 TRAIN_VARIANTS = ("hf_eager", "ours", "ours_cudagraph", "hf_compile", "ours_compile")
@@ -47,12 +47,14 @@ def _fresh_device():
         torch.cuda.empty_cache()
 
 
-def _skip_unavailable(variant, setting):
+def _skip_unavailable(variant, setting, quick):
     if setting.device != "cuda" and variant.endswith(("compile", "cudagraph")):
         pytest.skip(f"{variant} runs on the GPU only (inductor's CPU compile takes minutes here "
                     "and CUDA graphs need CUDA)")
     if variant.endswith("compile") and os.environ.get("LXMERT_BENCH_COMPILE", "1") == "0":
         pytest.skip(f"{variant}: LXMERT_BENCH_COMPILE=0")
+    if variant.endswith("compile") and quick:
+        pytest.skip(f"{variant}: compiling takes about a minute; it runs under --benchmark-only")
 
 
 def build(variant, setting, task="pretrain"):
@@ -173,7 +175,7 @@ def check_losses_match(setting, batch) -> dict:
 @pytest.mark.parametrize("variant", TRAIN_VARIANTS)
 def test_pretrain_step(benchmark, quick, variant):
     setting = setting_for(quick)
-    _skip_unavailable(variant, setting)
+    _skip_unavailable(variant, setting, quick)
     batch = make_batch(setting, lxmert_fast.LxmertConfig(**config_kwargs(setting)))
     parity = check_losses_match(setting, batch) if variant == "ours" else {}
     model = build(variant, setting).train()
@@ -195,14 +197,14 @@ def test_pretrain_step(benchmark, quick, variant):
                   * setting.batch,
                   peak_memory_gb=cuda_peak_memory_gb(), step="fwd+bwd+fused AdamW"
                   if setting.device == "cuda" else "fwd+bwd",
-                  baselines=() if variant.startswith("hf") else TRAIN_BASELINES, **parity)
+                  baselines=() if variant.startswith("hf") else BASELINES, **parity)
     _add_mfu(info)
 
 
 @pytest.mark.parametrize("variant", INFER_VARIANTS)
 def test_inference_forward(benchmark, quick, variant):
     setting = setting_for(quick)
-    _skip_unavailable(variant, setting)
+    _skip_unavailable(variant, setting, quick)
     cfg = lxmert_fast.LxmertConfig(**config_kwargs(setting))
     inputs = model_inputs(make_batch(setting, cfg))
     model = build(variant, setting, task="model").eval()
@@ -219,5 +221,5 @@ def test_inference_forward(benchmark, quick, variant):
     info = record(benchmark, shapes=setting.shapes, samples=setting.batch,
                   flops=forward_flops(cfg, setting.seq_len, setting.num_boxes, heads=False)
                   * setting.batch, peak_memory_gb=cuda_peak_memory_gb(),
-                  baselines=() if variant.startswith("hf") else TRAIN_BASELINES)
+                  baselines=() if variant.startswith("hf") else BASELINES)
     _add_mfu(info)
