@@ -2,6 +2,8 @@
 // float32 -> float16 conversion as numpy does it, and Python's int() for ASCII.
 #include "codec.h"
 
+#include <immintrin.h>
+
 #include <cstring>
 
 namespace featstore {
@@ -87,6 +89,76 @@ bool b64_decode_exact(const char* s, size_t len, uint8_t* out, size_t cap, size_
     return true;
 }
 
+
+// AVX2 decoding of 32 characters -> 24 bytes per step (Muła & Lemire, "Faster Base64 Encoding
+// and Decoding Using AVX2 Instructions", 2018): classify each byte by its high nibble (a bit
+// per class) and its low nibble (the classes in which it is invalid), translate by a per-class
+// offset, then pack 4 x 6 bits into 3 bytes with two multiply-adds and a shuffle.
+// Returns the characters consumed (a multiple of 32); stops before any invalid group.
+__attribute__((target("avx2"))) size_t b64_decode_avx2(const uint8_t* in, size_t len,
+                                                         uint8_t* out, size_t cap) {
+    const __m256i lut_lo = _mm256_setr_epi8(
+        0x15, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x13, 0x1A, 0x1B, 0x1B, 0x1B,
+        0x1A, 0x15, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x13, 0x1A, 0x1B, 0x1B,
+        0x1B, 0x1A);
+    const __m256i lut_hi = _mm256_setr_epi8(
+        0x10, 0x10, 0x01, 0x02, 0x04, 0x08, 0x04, 0x08, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10,
+        0x10, 0x10, 0x10, 0x01, 0x02, 0x04, 0x08, 0x04, 0x08, 0x10, 0x10, 0x10, 0x10, 0x10, 0x10,
+        0x10, 0x10);
+    const __m256i lut_roll = _mm256_setr_epi8(
+        0, 16, 19, 4, -65, -65, -71, -71, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 16, 19, 4, -65, -65, -71, -71, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i slash = _mm256_set1_epi8(0x2F);
+    const __m256i pack_shuffle = _mm256_setr_epi8(
+        2, 1, 0, 6, 5, 4, 10, 9, 8, 14, 13, 12, -1, -1, -1, -1,
+        2, 1, 0, 6, 5, 4, 10, 9, 8, 14, 13, 12, -1, -1, -1, -1);
+    const __m256i pack_lanes = _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 7, 7);
+    size_t i = 0, o = 0;
+    while (i + 32 <= len && o + 32 <= cap) {
+        __m256i str = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
+        __m256i hi_n = _mm256_and_si256(_mm256_srli_epi32(str, 4), nibble);
+        __m256i lo_n = _mm256_and_si256(str, nibble);
+        __m256i lo = _mm256_shuffle_epi8(lut_lo, lo_n);
+        __m256i hi = _mm256_shuffle_epi8(lut_hi, hi_n);
+        if (!_mm256_testz_si256(lo, hi)) break;
+        __m256i eq_slash = _mm256_cmpeq_epi8(str, slash);
+        __m256i roll = _mm256_shuffle_epi8(lut_roll, _mm256_add_epi8(eq_slash, hi_n));
+        __m256i v = _mm256_add_epi8(str, roll);
+        __m256i ab = _mm256_maddubs_epi16(v, _mm256_set1_epi32(0x01400140));
+        __m256i abcd = _mm256_madd_epi16(ab, _mm256_set1_epi32(0x00011000));
+        __m256i packed = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(abcd, pack_shuffle),
+                                                     pack_lanes);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + o), packed);
+        i += 32;
+        o += 24;
+    }
+    return i;
+}
+
+// Hardware float32 -> float16 (F16C, round to nearest even) for 8 values at a time; blocks
+// holding a NaN are left to the scalar path (numpy keeps NaN payload bits its own way).
+__attribute__((target("avx2,f16c"))) size_t floats_to_halves_f16c(const float* src,
+                                                                   uint16_t* dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(src + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0) {
+            for (size_t k = 0; k < 8; ++k) {
+                uint32_t bits;
+                std::memcpy(&bits, src + i + k, 4);
+                dst[i + k] = float_to_half_bits(bits);
+            }
+            continue;
+        }
+        __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+    }
+    return i;
+}
+
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+const bool kHasF16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
 }  // namespace
 
 int64_t b64_decoded_size(const char* s, size_t len) {
@@ -108,7 +180,12 @@ bool b64_decode(const char* s, size_t len, uint8_t* out, size_t cap, size_t* out
     const uint8_t* p = reinterpret_cast<const uint8_t*>(s);
     uint32_t acc = 0;
     uint8_t* o = out;
-    for (size_t i = 0; i < body; i += 4, o += 3) {
+    size_t start = 0;
+    if (kHasAvx2) {
+        start = b64_decode_avx2(p, body, out, cap);
+        o += start / 4 * 3;
+    }
+    for (size_t i = start; i < body; i += 4, o += 3) {
         uint32_t x = kTables.d[0][p[i]] | kTables.d[1][p[i + 1]] | kTables.d[2][p[i + 2]] |
                      kTables.d[3][p[i + 3]];
         acc |= x;
@@ -159,7 +236,8 @@ uint16_t float_to_half_bits(uint32_t f) {
 }
 
 void floats_to_halves(const float* src, uint16_t* dst, size_t n) {
-    for (size_t i = 0; i < n; ++i) {
+    size_t start = kHasF16c ? floats_to_halves_f16c(src, dst, n) : 0;
+    for (size_t i = start; i < n; ++i) {
         uint32_t bits;
         std::memcpy(&bits, src + i, 4);
         dst[i] = float_to_half_bits(bits);
@@ -168,7 +246,7 @@ void floats_to_halves(const float* src, uint16_t* dst, size_t n) {
 
 bool parse_py_int(const char* s, size_t len, int64_t* value, bool* overflow) {
     auto is_space = [](char c) {
-        return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
+        return c == ' ' || (c >= '\t' && c <= '\r');
     };
     *overflow = false;
     size_t b = 0, e = len;

@@ -24,7 +24,7 @@ bool b64_decode(const char* s, size_t len, uint8_t* out, size_t cap, size_t* out
 uint16_t float_to_half_bits(uint32_t f);
 void floats_to_halves(const float* src, uint16_t* dst, size_t n);
 
-// Python int(text) for ASCII text: surrounding whitespace, a sign, digits with single '_'
+// Python int(text) for ASCII text: surrounding whitespace (" \t\n\v\f\r"), a sign, digits with single '_'
 // between them. Returns false when Python would raise, or when the value needs more than
 // 63 bits (`*overflow` set).
 bool parse_py_int(const char* s, size_t len, int64_t* value, bool* overflow);

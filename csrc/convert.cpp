@@ -32,9 +32,40 @@ constexpr size_t kBlockSize = size_t(16) << 20;
 constexpr size_t kChunkBytes = size_t(2) << 20;
 constexpr size_t kMaxLine = 0xFFFFFFFFu;
 
+// Reused read buffers: a fresh 16 MiB allocation per block would cost ~4000 page faults.
+class BlockPool {
+  public:
+    std::unique_ptr<char[]> take(size_t cap) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (cap == kBlockSize && !free_.empty()) {
+            std::unique_ptr<char[]> b = std::move(free_.back());
+            free_.pop_back();
+            return b;
+        }
+        return std::unique_ptr<char[]>(new char[cap]);  // not zero-filled
+    }
+    void give(std::unique_ptr<char[]> b, size_t cap) {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (cap == kBlockSize && free_.size() < 8) free_.push_back(std::move(b));
+    }
+
+  private:
+    std::mutex mu_;
+    std::vector<std::unique_ptr<char[]>> free_;
+};
+
 struct Block {
-    std::vector<char> data;
+    Block(BlockPool* pool, size_t cap) : data(pool->take(cap)), cap(cap), pool(pool) {}
+    ~Block() { pool->give(std::move(data), cap); }
+    std::unique_ptr<char[]> data;
+    size_t cap;
+    BlockPool* pool;
     size_t len = 0;
+};
+
+// A worker's reusable buffers (grown, never shrunk, so steady state allocates nothing).
+struct WorkerBuffers {
+    std::vector<uint8_t> features, scratch;
 };
 
 struct Chunk {
@@ -70,7 +101,7 @@ class Converter {
     void check_line(const std::string& path, const LineJob& job);
     void flush_chunk();
     void worker();
-    void process(Chunk* chunk);
+    void process(Chunk* chunk, WorkerBuffers* buf);
     void record_error(uint64_t key, std::exception_ptr e);
     bool failed();
     void stop_workers();
@@ -83,6 +114,7 @@ class Converter {
     int threads_;
     const ProgressFn& progress_;
     int fd_ = -1;
+    BlockPool pool_;
     ConvertStats stats_;
     int64_t dim_ = -1;
     // Per image, built by the reading thread.
@@ -118,6 +150,7 @@ void Converter::record_error(uint64_t key, std::exception_ptr e) {
 bool Converter::failed() { return failed_.load(); }
 
 void Converter::worker() {
+    WorkerBuffers buf;
     for (;;) {
         std::unique_ptr<Chunk> chunk;
         bool skip;
@@ -131,7 +164,7 @@ void Converter::worker() {
         }
         if (!skip) {
             try {
-                process(chunk.get());
+                process(chunk.get(), &buf);
             } catch (...) {
                 record_error(0, std::current_exception());
             }
@@ -145,10 +178,12 @@ void Converter::worker() {
     }
 }
 
-void Converter::process(Chunk* c) {
+void Converter::process(Chunk* c, WorkerBuffers* buf) {
     const uint64_t isz = dtype_size(dtype_);
     const uint64_t d = c->dim > 0 ? uint64_t(c->dim) : 0;
-    std::vector<uint8_t> feats(c->box_count * d * isz), scratch;
+    const uint64_t feat_bytes = c->box_count * d * isz;
+    if (buf->features.size() < feat_bytes) buf->features.resize(feat_bytes);
+    uint8_t* feats = buf->features.data();
     c->boxes.resize(c->box_count * 4);
     c->objects_conf.resize(c->box_count);
     c->attrs_conf.resize(c->box_count);
@@ -158,17 +193,17 @@ void Converter::process(Chunk* c) {
     for (const LineJob& job : c->lines) {
         LineOut out{c->objects_id.data() + b, c->objects_conf.data() + b, c->attrs_id.data() + b,
                     c->attrs_conf.data() + b, c->boxes.data() + 4 * b,
-                    feats.data() + b * d * isz, dtype_ == kFloat16};
+                    feats + b * d * isz, dtype_ == kFloat16};
         try {
-            decode_line(paths_[job.file], job, c->dim, out, &scratch);
+            decode_line(paths_[job.file], job, c->dim, out, &buf->scratch);
         } catch (const FormatError&) {
             record_error(line_key(job.file, job.line_no), std::current_exception());
             return;
         }
         b += uint64_t(job.num_boxes);
     }
-    if (!feats.empty())
-        pwrite_full(fd_, feats.data(), feats.size(), kHeaderSize + c->box_begin * d * isz, tmp_);
+    if (feat_bytes > 0)
+        pwrite_full(fd_, feats, feat_bytes, kHeaderSize + c->box_begin * d * isz, tmp_);
 }
 
 void Converter::flush_chunk() {
@@ -207,7 +242,7 @@ void Converter::check_line(const std::string& path, const LineJob& job) {
 
 void Converter::add_line(const std::shared_ptr<Block>& block, size_t begin, size_t end,
                          uint32_t file, uint64_t line_no, uint64_t offset) {
-    const char* text = block->data.data() + begin;
+    const char* text = block->data.get() + begin;
     size_t len = end - begin;
     if (is_blank(text, len)) return;
     while (len > 0 && text[len - 1] == '\r') --len;
@@ -251,12 +286,11 @@ void Converter::read_file(uint32_t file) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw_errno(path, "cannot open feature TSV " + path);
     struct FdGuard { int fd; ~FdGuard() { ::close(fd); } } guard{fd};
-    auto block = std::make_shared<Block>();
-    block->data.resize(kBlockSize);
+    auto block = std::make_shared<Block>(&pool_, kBlockSize);
     uint64_t block_offset = 0, line_no = 0, pos = 0;
     size_t scan = 0;  // start of the first unfinished line in block
     for (bool eof = false; !eof && !failed();) {
-        if (block->len == block->data.size()) {
+        if (block->len == block->cap) {
             // The unfinished line fills the block: move it to a larger one.
             size_t rest = block->len - scan;
             if (rest >= kMaxLine)
@@ -264,21 +298,20 @@ void Converter::read_file(uint32_t file) {
                                   " (byte offset " + std::to_string(block_offset + scan) +
                                   "): longer than 4 GiB (no newline)");
             flush_chunk();
-            auto next = std::make_shared<Block>();
-            next->data.resize(std::max(kBlockSize, rest * 2));
-            std::memcpy(next->data.data(), block->data.data() + scan, rest);
+            auto next = std::make_shared<Block>(&pool_, std::max(kBlockSize, rest * 2));
+            std::memcpy(next->data.get(), block->data.get() + scan, rest);
             next->len = rest;
             block_offset += scan;
             block = next;
             scan = 0;
         }
-        size_t got = pread_full(fd, block->data.data() + block->len,
-                                block->data.size() - block->len, pos, path);
+        size_t got = pread_full(fd, block->data.get() + block->len, block->cap - block->len, pos,
+                                path);
         pos += got;
         block->len += got;
         stats_.bytes_read += got;
         eof = got == 0;
-        const char* base = block->data.data();
+        const char* base = block->data.get();
         for (;;) {
             const void* nl = std::memchr(base + scan, '\n', block->len - scan);
             if (!nl && !(eof && scan < block->len)) break;
@@ -291,13 +324,12 @@ void Converter::read_file(uint32_t file) {
             if (failed()) return;
         }
         if (progress_) progress_(stats_.bytes_read);
-        if (!eof && scan > 0 && block->len - scan < block->data.size() / 2) {
+        if (!eof && scan > 0 && block->len - scan < block->cap / 2) {
             // Continue in a fresh block (workers still read the old one).
             flush_chunk();
-            auto next = std::make_shared<Block>();
-            next->data.resize(kBlockSize);
+            auto next = std::make_shared<Block>(&pool_, kBlockSize);
             size_t rest = block->len - scan;
-            std::memcpy(next->data.data(), base + scan, rest);
+            std::memcpy(next->data.get(), base + scan, rest);
             next->len = rest;
             block_offset += scan;
             block = next;
