@@ -72,7 +72,7 @@ class World:
         if self.feature_store is not None:
             from lxmert_fast.features import FeatureStore
             return FeatureStore(self.feature_store)
-        from lxmert_fast.features import TsvFeatures
+        from lxmert_fast.features.reference import TsvFeatures   # pure Python, no extension
         return TsvFeatures([self.features_tsv])
 
     def sentences(self) -> Iterator[str]:
@@ -158,8 +158,8 @@ def generate_world(root: str, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGE
 def _ensure_store(root: str) -> Optional[str]:
     """Convert the TSV to a feature store once, if the C++ converter is available."""
     try:
-        from lxmert_fast.features import convert_tsv
-    except ImportError:
+        from lxmert_fast.features.store import convert_tsv
+    except ImportError:          # the C++ extension is not built: callers use the TSV
         return None
     out = os.path.join(root, FEATURE_STORE)
     with _locked(out):

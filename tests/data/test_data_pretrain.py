@@ -199,3 +199,25 @@ def test_batch_runs_through_the_model(ds, small_tokenizer):
         out = model(**b)
     assert torch.isfinite(out.loss)
     assert set(out.losses) == {"mlm", "matched", "obj", "attr", "feat", "qa"}
+
+
+def test_feature_store_gives_the_same_batches(small_world, small_features, small_tokenizer):
+    """ensure_world's C++ store (float16) and the TSV give the same batches up to fp16 rounding."""
+    try:
+        from lxmert_fast.features.store import FeatureStore  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"the C++ feature store is not built: {e}")
+    from lxmert_fast.data.world import open_world
+    world = open_world(small_world.root, feature_store=True)
+    assert world.feature_store is not None
+    store = world.open_features()
+    assert type(store).__name__ == "FeatureStore" and store.ids == small_features.ids
+    a = _make(small_world, small_features, small_tokenizer, seed=4).make_batch(range(0, 90, 3))
+    b = _make(small_world, store, small_tokenizer, seed=4).make_batch(range(0, 90, 3))
+    for key in ("input_ids", "labels", "matched_label", "ans", "visual_attention_mask"):
+        assert torch.equal(a[key], b[key]), key
+    torch.testing.assert_close(b["visual_pos"], a["visual_pos"])
+    torch.testing.assert_close(b["visual_feats"], a["visual_feats"].half().float())
+    for key in ("obj", "attr"):
+        assert torch.equal(a["obj_labels"][key][0], b["obj_labels"][key][0])
+    assert torch.equal(a["obj_labels"]["feat"][1], b["obj_labels"]["feat"][1])
