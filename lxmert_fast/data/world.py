@@ -94,7 +94,19 @@ def _dump_json(obj, path: str) -> None:
         f.write(json.dumps(obj))
 
 
-def _write_world(tmp: str, seed: int, num_images: int) -> None:
+def sentence_counts(spec: Optional[str]) -> Dict[str, int]:
+    """Sentences per image and source: the defaults, updated from ``"vqa=5,mscoco=1"``."""
+    counts = dict(DEFAULT_SENTENCES)
+    for item in filter(None, (spec or "").split(",")):
+        key, _, value = item.partition("=")
+        if key.strip() not in counts or not value.strip().isdigit():
+            raise ValueError(f"sentences spec item {item!r}: expected SOURCE=N with SOURCE in "
+                             f"{sorted(counts)} and N a non-negative integer")
+        counts[key.strip()] = int(value)
+    return counts
+
+
+def _write_world(tmp: str, seed: int, num_images: int, sentences: Dict[str, int]) -> None:
     num_valid = num_valid_images(num_images)
     num_train = num_images - num_valid
     if num_train < 2:
@@ -106,14 +118,14 @@ def _write_world(tmp: str, seed: int, num_images: int) -> None:
     records = (scene_record(s, protos, np.random.default_rng([seed, 3, i]))
                for i, s in enumerate(scenes))
     write_obj_tsv(os.path.join(tmp, FEATURES_TSV), records)
-    files = build_splits(scenes[:num_train], scenes[num_train:], seed, DEFAULT_SENTENCES)
+    files = build_splits(scenes[:num_train], scenes[num_train:], seed, sentences)
     for name, obj in files.items():
         _dump_json(obj, os.path.join(tmp, name + ".json"))
     meta = {"version": WORLD_VERSION, "seed": seed, "num_images": num_images,
             "num_train_images": num_train, "num_valid_images": num_valid,
             "classes": {c: lx.OBJECT_IDS[c] for c in lx.CLASSES},
             "attributes": {a: lx.ATTR_IDS[a] for a in lx.ATTRIBUTES},
-            "attrs_id_holds": "colour", "sentences_per_image": DEFAULT_SENTENCES,
+            "attrs_id_holds": "colour", "sentences_per_image": sentences,
             "sizes": {name: len(obj) for name, obj in files.items()}}
     _dump_json(meta, os.path.join(tmp, "world.json"))
     with open(os.path.join(tmp, COMPLETE), "w") as f:
@@ -132,8 +144,12 @@ def _locked(root: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def generate_world(root: str, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGES) -> str:
-    """Write the world into ``root`` unless a complete one is there; returns ``root``."""
+def generate_world(root: str, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGES,
+                   sentences: Optional[Dict[str, int]] = None) -> str:
+    """Write the world into ``root`` unless a complete one is there; returns ``root``.
+
+    ``sentences``: sentences per image for "mscoco", "vg", "vqa", "gqa" (default 2, 2, 3, 3).
+    """
     root = os.path.abspath(root)
     if os.path.isfile(os.path.join(root, COMPLETE)):
         return root
@@ -147,7 +163,7 @@ def generate_world(root: str, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGE
                                   f"(no {COMPLETE} marker); remove it or choose another --out")
         tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp-", dir=os.path.dirname(root))
         try:
-            _write_world(tmp, seed, num_images)
+            _write_world(tmp, seed, num_images, sentences or dict(DEFAULT_SENTENCES))
             os.rename(tmp, root)
         finally:
             if os.path.exists(tmp):
@@ -200,10 +216,13 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="directory to write the world into")
     p.add_argument("--num_images", type=int, default=DEFAULT_NUM_IMAGES)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sentences", default=None,
+                   help="sentences per image, e.g. 'mscoco=2,vg=2,vqa=3,gqa=3' (the default)")
     p.add_argument("--vocab", default=None, help="vocab.txt to use instead of resolving one")
     p.add_argument("--no_feature_store", action="store_true", help="keep the TSV only")
     args = p.parse_args(argv)
-    world = open_world(generate_world(args.out, args.seed, args.num_images), args.vocab,
+    root = generate_world(args.out, args.seed, args.num_images, sentence_counts(args.sentences))
+    world = open_world(root, args.vocab,
                        feature_store=not args.no_feature_store)
     print(json.dumps({"root": world.root, "features_tsv": world.features_tsv,
                       "feature_store": world.feature_store, "vocab": world.vocab,

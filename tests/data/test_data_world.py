@@ -211,8 +211,14 @@ def test_ensure_world_cache_env_and_paths(tmp_path, monkeypatch):
 
 def test_cli(tmp_path, capsys):
     main(["--out", str(tmp_path / "cli"), "--num_images", "20", "--seed", "4",
-          "--no_feature_store"])
+          "--sentences", "vqa=5,mscoco=1", "--no_feature_store"])
     out = json.loads(capsys.readouterr().out)
     assert out["root"] == str(tmp_path / "cli") and out["sizes"]["pretrain_valid"] == 2
+    assert out["sizes"]["vqa_train"] == 5 * 18
+    with open(os.path.join(out["root"], "pretrain_train.json")) as f:
+        rec = json.load(f)[0]
+    assert [len(rec["sentf"][k]) for k in ("mscoco", "vg", "vqa", "gqa")] == [1, 2, 5, 3]
+    with pytest.raises(ValueError, match="'coco=1'"):
+        main(["--out", str(tmp_path / "x"), "--sentences", "coco=1"])
     with pytest.raises(ValueError, match="num_images=3"):
         generate_world(str(tmp_path / "tiny"), num_images=3)
