@@ -321,7 +321,10 @@ void Converter::read_file(uint32_t file) {
                                   ": longer than 4 GiB");
             add_line(block, scan, end, file, ++line_no, block_offset + scan);
             scan = nl ? end + 1 : end;
-            if (failed()) return;
+            if (failed()) {
+                flush_chunk();  // lines before the error must still be checked
+                return;
+            }
         }
         if (progress_) progress_(stats_.bytes_read);
         if (!eof && scan > 0 && block->len - scan < block->cap / 2) {

@@ -72,6 +72,8 @@ class FeatureStore:
         self._open()
 
     def __repr__(self) -> str:
+        if "_store" not in self.__dict__:
+            return f"FeatureStore({self.path!r}: not open)"
         return (f"FeatureStore({self.path!r}: {len(self)} images, {self.num_boxes} boxes, "
                 f"dim {self.dim}, {self.dtype})")
 
