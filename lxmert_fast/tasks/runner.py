@@ -157,6 +157,12 @@ def peak_lr(args) -> Optional[float]:
     return get_spec(args.task).lr
 
 
+def pretrained_vocab(path: Optional[str]) -> Optional[str]:
+    """The vocab.txt an exported checkpoint directory carries, if any."""
+    vocab = os.path.join(path, "vocab.txt") if path and os.path.isdir(path) else None
+    return vocab if vocab and os.path.isfile(vocab) else None
+
+
 def build_data(args) -> TaskData:
     """Task datasets (train omitted with --eval_only), tokenizer-ready; every rank builds its own."""
     from lxmert_fast.data.tokenization import load_tokenizer, resolve_vocab
@@ -169,7 +175,8 @@ def build_data(args) -> TaskData:
         features, vocab = world.open_features(), world.vocab
     else:
         train, valid, a2l, l2a = args.train_json, args.valid_json, args.ans2label, args.label2ans
-        features, vocab = pretrain._open_features(args.features), resolve_vocab(args.vocab)
+        features, vocab = pretrain._open_features(args.features), resolve_vocab(
+            args.vocab or pretrained_vocab(args.from_pretrained))
     tokenizer = load_tokenizer(vocab)
     data = load_task_data(args.task, None if args.eval_only else train, valid, features,
                           tokenizer, a2l, l2a, loss=args.loss, max_seq_len=args.max_seq_len,
@@ -289,25 +296,15 @@ class Evaluator:
 
 def save_final_model(engine, output_dir: str, data: TaskData) -> str:
     """The fine-tuned model as a transformers-format directory ``<output_dir>/model`` with the
-    task's answer tables (loads with ``--from_pretrained DIR --eval_only``). Under ZeRO-3 the
-    partitioned parameters are gathered first (every rank takes part)."""
-    import deepspeed
-
+    task's answer tables (loads with ``--from_pretrained DIR --eval_only``): the training
+    package's export of the final checkpoint (any ZeRO stage), on rank 0."""
     from lxmert_fast.training import env
+    from lxmert_fast.training.export import export
 
     path = os.path.join(output_dir, "model")
-    module = engine.module
-
-    def save():
-        if env.rank() == 0:
-            module.save_pretrained(path)
-            if data.answers is not None:
-                data.answers.save(path)
-
-    if engine.zero_optimization_stage() == 3:
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            save()
-    else:
-        save()
+    if env.rank() == 0:
+        export(output_dir, path)
+        if data.answers is not None:
+            data.answers.save(path)
     env.barrier()
     return path
