@@ -227,6 +227,10 @@ void Converter::check_line(const std::string& path, const LineJob& job) {
     else if (it != seen_.end())
         problem = "duplicate img_id (first seen in " + paths_[it->second.first] + ": line " +
                   std::to_string(it->second.second) + ")";
+    else if (job.oversized >= 0)
+        problem = std::string("field ") + (job.oversized == fImgH ? "img_h" : "img_w") + "=" +
+                  std::string(job.text + job.start[job.oversized], job.size[job.oversized]) +
+                  " is too large (more than 63 bits)";
     else if (job.img_h == 0) problem = "field img_h=0, image size must be positive";
     else if (job.img_w == 0) problem = "field img_w=0, image size must be positive";
     else if (job.num_boxes > 0 && job.feature_dim <= 0) problem = "field features: bad size";

@@ -26,6 +26,11 @@ void parse_int_field(const std::string& path, LineJob* job, int field, int64_t* 
     bool overflow = false;
     if (!parse_py_int(s, len, value, &overflow)) {
         std::string shown = py_repr(s, len < 40 ? len : 40);
+        if (overflow && field != fNumBoxes) {
+            job->oversized = field;
+            *value = INT64_MAX;
+            return;
+        }
         if (overflow)
             fail_line(path, *job, std::string("field ") + kFieldNames[field] + "=" + shown +
                                       " is too large (more than 63 bits)");

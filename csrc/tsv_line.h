@@ -28,6 +28,8 @@ struct LineJob {
     uint32_t size[kNumFields] = {};
     int64_t img_h = 0, img_w = 0, num_boxes = 0;
     int64_t feature_dim = -1;    // from the features field's length; -1 when num_boxes == 0
+    int oversized = -1;          // img_h or img_w when it needs more than 63 bits (reported
+                                 // after the arrays, as reference.py does)
 };
 
 // Where a line is, as tsv.py words it: "<path>: line N (byte offset O), img_id 'x'".

@@ -7,7 +7,8 @@ implements the same API (CONTRACTS.md, "Features"): ``len``, ``in``, ``ids``, ``
 ``[img_id]`` and ``gather``. Features stay float32.
 
 On top of the TSV reader's checks it rejects what a store cannot hold: a duplicate img_id, an
-empty img_id, a zero image height/width and a feature dimension that differs between images.
+empty img_id, an image height/width of 0 or of more than 63 bits, and a feature dimension that
+differs between images.
 An image with num_boxes = 0 is allowed (its features have shape (0, D)).
 """
 import os
@@ -66,6 +67,10 @@ class TsvFeatures:
             first = seen[img_id]
             raise TsvFormatError(f"{_where(path, line_no, offset, img_id)}: duplicate img_id "
                                  f"(first seen in {first[0]}: line {first[1]})")
+        for key in ("img_h", "img_w"):
+            if item[key] >= 2 ** 63:
+                raise TsvFormatError(f"{_where(path, line_no, offset, img_id)}: field {key}="
+                                     f"{item[key]} is too large (more than 63 bits)")
         for key in ("img_h", "img_w"):
             if item[key] == 0:
                 raise TsvFormatError(f"{_where(path, line_no, offset, img_id)}: field {key}=0, "
