@@ -7,6 +7,7 @@ the reference everywhere else.
 Also exports ``triton`` / ``tl``: the real modules, or (when Triton is not installed) a stand-in
 whose ``jit`` leaves the function undecorated, so the op files import and their references work.
 """
+import functools
 import os
 
 import torch
@@ -74,3 +75,9 @@ def check_tensors(op: str, device: torch.device, dtype: torch.dtype, **tensors) 
             raise ValueError(f"{op}: {name} is on {t.device} but the input is on {device}")
         if t.dtype != dtype:
             raise TypeError(f"{op}: {name} has dtype {t.dtype}, expected {dtype}")
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device_index) -> int:
+    """Streaming multiprocessors of a CUDA device (sizes the persistent backward grids)."""
+    return torch.cuda.get_device_properties(device_index or 0).multi_processor_count

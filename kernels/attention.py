@@ -70,67 +70,39 @@ def _check_qkv(q, k, v, key_padding_mask, name="attention"):
 # softmax over key blocks (forward) and a second loop nest for dq (backward): still no atomics.
 # Scores live in the log2 domain (qk_scale = scale * log2(e)); lse is stored in that domain and is
 # +inf for rows whose keys are all masked, so their probabilities (and gradients) are exactly 0.
+# DOT is "ieee" for float32 inputs (full fp32 products, as torch's default matmul), else "tf32"
+# (ignored for 16-bit operands). Small loads are written inline: the interpreter that runs the CPU
+# tests pays per nested jit call.
 # ---------------------------------------------------------------------------------------------
-@triton.jit
-def _mm(a, b, IEEE: tl.constexpr):
-    if IEEE:  # float32 inputs: full fp32 products, as torch's default matmul
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
-
-
-@triton.jit
-def _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
-               HAS_MASK: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
-    offs_k = k0 + tl.arange(0, BK)
-    offs_d = tl.arange(0, BD)
-    inb = offs_k < Lk
-    ld = inb[:, None] & (offs_d < D)[None, :]
-    k = tl.load(k_ptr + offs_k[:, None] * skl + offs_d[None, :], mask=ld, other=0.0)
-    v = tl.load(v_ptr + offs_k[:, None] * svl + offs_d[None, :], mask=ld, other=0.0)
-    valid = inb
-    if HAS_MASK:
-        valid = valid & (tl.load(m_ptr + offs_k * sml, mask=inb, other=0) != 0)
-    return k, v, valid, offs_k
-
-
-@triton.jit
-def _load_rows(ptr, sl, q0, Lq, D, BQ: tl.constexpr, BD: tl.constexpr):
-    offs_q = q0 + tl.arange(0, BQ)
-    offs_d = tl.arange(0, BD)
-    ld = (offs_q < Lq)[:, None] & (offs_d < D)[None, :]
-    return tl.load(ptr + offs_q[:, None] * sl + offs_d[None, :], mask=ld, other=0.0), offs_q
-
-
-@triton.jit
-def _store_rows(ptr, sl, x, q0, Lq, D, BQ: tl.constexpr, BD: tl.constexpr):
-    offs_q = q0 + tl.arange(0, BQ)
-    offs_d = tl.arange(0, BD)
-    st = (offs_q < Lq)[:, None] & (offs_d < D)[None, :]
-    tl.store(ptr + offs_q[:, None] * sl + offs_d[None, :], x.to(ptr.dtype.element_ty), mask=st)
-
-
 @triton.jit
 def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, seed_ptr, bh, b, h, H, Lq, Lk, D,
                   sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb, sml, qk_scale, p_drop, rng0,
-                  HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+                  HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
                   BQ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
-    q_ptr += b * sqb + h * sqh
-    k_ptr += b * skb + h * skh
-    v_ptr += b * svb + h * svh
+    offs_d = tl.arange(0, BD)
+    dmask = offs_d < D
+    q_ptr += b * sqb + h * sqh + offs_d[None, :]
+    k_ptr += b * skb + h * skh + offs_d[None, :]
+    v_ptr += b * svb + h * svh + offs_d[None, :]
+    o_ptr += (b * Lq * H + h) * D + offs_d[None, :]
     m_ptr += b * smb
-    o_ptr += (b * Lq * H + h) * D
-    lse_ptr += bh * Lq
     rng0 += bh * Lq * Lk
     for q0 in range(0, Lq, BQ):
-        q, offs_q = _load_rows(q_ptr, sql, q0, Lq, D, BQ, BD)
+        offs_q = q0 + tl.arange(0, BQ)
+        rows = (offs_q < Lq)[:, None] & dmask[None, :]
+        q = tl.load(q_ptr + offs_q[:, None] * sql, mask=rows, other=0.0)
         m_i = tl.full([BQ], float("-inf"), tl.float32)
         l_i = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
         for k0 in range(0, Lk, BK):
-            k, v, valid, offs_k = _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
-                                             HAS_MASK, BK, BD)
-            s = _mm(q, tl.trans(k), IEEE) * qk_scale
+            offs_k = k0 + tl.arange(0, BK)
+            valid = offs_k < Lk
+            kv_mask = valid[:, None] & dmask[None, :]
+            k = tl.load(k_ptr + offs_k[:, None] * skl, mask=kv_mask, other=0.0)
+            v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
+            if HAS_MASK:
+                valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale  # (BQ, BK)
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -140,26 +112,26 @@ def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, seed_ptr, bh, b, h
             if DROPOUT:
                 keep = dropout_keep(seed_ptr, rng0 + offs_q[:, None] * Lk + offs_k[None, :], p_drop)
                 p = tl.where(keep, p, 0.0)
-            acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, IEEE)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT)
             m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         inv_l = tl.where(l_i > 0, 1.0 / l_safe, 0.0)
         if DROPOUT:
             inv_l = inv_l / (1.0 - p_drop)
-        _store_rows(o_ptr, H * D, acc * inv_l[:, None], q0, Lq, D, BQ, BD)
+        out = acc * inv_l[:, None]
+        tl.store(o_ptr + offs_q[:, None] * (H * D), out.to(o_ptr.dtype.element_ty), mask=rows)
         lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("inf"))
-        tl.store(lse_ptr + offs_q, lse, mask=offs_q < Lq)
+        tl.store(lse_ptr + bh * Lq + offs_q, lse, mask=offs_q < Lq)
 
 
 @triton.jit
 def _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0, qk_scale, scale,
-                  p_drop, DROPOUT: tl.constexpr, IEEE: tl.constexpr):
+                  p_drop, DROPOUT: tl.constexpr, DOT: tl.constexpr):
     """Recompute one (BQ, BK) tile: returns (dropped probabilities, d scores * scale)."""
-    s = _mm(q, tl.trans(k), IEEE) * qk_scale
-    p = tl.exp2(s - lse[:, None])
-    p = tl.where(valid[None, :], p, 0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale
+    p = tl.where(valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # rowsum(P * dP) = rowsum(dO * O)
-    dp = _mm(do, tl.trans(v), IEEE)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT)
     if DROPOUT:
         keep = dropout_keep(seed_ptr, rng0 + offs_q[:, None] * Lk + offs_k[None, :], p_drop)
         inv_keep = 1.0 / (1.0 - p_drop)
@@ -174,52 +146,69 @@ def _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0
 def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr,
                   seed_ptr, bh, b, h, H, Lq, Lk, D, sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
                   smb, sml, sdb, sdl, sdh, qk_scale, scale, p_drop, rng0,
-                  HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+                  HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
                   ONE_KB: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
-    q_ptr += b * sqb + h * sqh
-    k_ptr += b * skb + h * skh
-    v_ptr += b * svb + h * svh
+    offs_d = tl.arange(0, BD)
+    dmask = offs_d < D
+    q_ptr += b * sqb + h * sqh + offs_d[None, :]
+    k_ptr += b * skb + h * skh + offs_d[None, :]
+    v_ptr += b * svb + h * svh + offs_d[None, :]
+    do_ptr += b * sdb + h * sdh + offs_d[None, :]
+    o_ptr += (b * Lq * H + h) * D + offs_d[None, :]  # o, dq: contiguous (B, Lq, H, D)
+    dq_ptr += (b * Lq * H + h) * D + offs_d[None, :]
+    dk_ptr += (b * Lk * H + h) * D + offs_d[None, :]  # dk, dv: contiguous (B, Lk, H, D)
+    dv_ptr += (b * Lk * H + h) * D + offs_d[None, :]
     m_ptr += b * smb
-    do_ptr += b * sdb + h * sdh
-    o_ptr += (b * Lq * H + h) * D
-    dq_ptr += (b * Lq * H + h) * D
-    dk_ptr += (b * Lk * H + h) * D
-    dv_ptr += (b * Lk * H + h) * D
     lse_ptr += bh * Lq
     rng0 += bh * Lq * Lk
     for k0 in range(0, Lk, BK):  # dk, dv of one key block, summed over all query blocks
-        k, v, valid, offs_k = _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
-                                         HAS_MASK, BK, BD)
+        offs_k = k0 + tl.arange(0, BK)
+        valid = offs_k < Lk
+        kv_mask = valid[:, None] & dmask[None, :]
+        k = tl.load(k_ptr + offs_k[:, None] * skl, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
+        if HAS_MASK:
+            valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
         dk = tl.zeros([BK, BD], tl.float32)
         dv = tl.zeros([BK, BD], tl.float32)
         for q0 in range(0, Lq, BQ):
-            q, offs_q = _load_rows(q_ptr, sql, q0, Lq, D, BQ, BD)
-            do, _ = _load_rows(do_ptr, sdl, q0, Lq, D, BQ, BD)
-            o, _ = _load_rows(o_ptr, H * D, q0, Lq, D, BQ, BD)
+            offs_q = q0 + tl.arange(0, BQ)
+            rows = (offs_q < Lq)[:, None] & dmask[None, :]
+            q = tl.load(q_ptr + offs_q[:, None] * sql, mask=rows, other=0.0)
+            do = tl.load(do_ptr + offs_q[:, None] * sdl, mask=rows, other=0.0)
+            o = tl.load(o_ptr + offs_q[:, None] * (H * D), mask=rows, other=0.0)
             lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
             pd, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0,
-                                   qk_scale, scale, p_drop, DROPOUT, IEEE)
-            dv += _mm(tl.trans(pd.to(do.dtype)), do, IEEE)
-            dk += _mm(tl.trans(ds.to(q.dtype)), q, IEEE)
+                                   qk_scale, scale, p_drop, DROPOUT, DOT)
+            dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=DOT)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT)
             if ONE_KB:  # the whole row is in this tile: dq is final
-                _store_rows(dq_ptr, H * D, _mm(ds.to(k.dtype), k, IEEE), q0, Lq, D, BQ, BD)
-        _store_rows(dk_ptr, H * D, dk, k0, Lk, D, BK, BD)
-        _store_rows(dv_ptr, H * D, dv, k0, Lk, D, BK, BD)
+                dq = tl.dot(ds.to(k.dtype), k, input_precision=DOT)
+                tl.store(dq_ptr + offs_q[:, None] * (H * D), dq.to(dq_ptr.dtype.element_ty),
+                         mask=rows)
+        tl.store(dk_ptr + offs_k[:, None] * (H * D), dk.to(dk_ptr.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptr + offs_k[:, None] * (H * D), dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
     if not ONE_KB:  # long rows: dq summed over key blocks in a second loop nest
         for q0 in range(0, Lq, BQ):
-            q, offs_q = _load_rows(q_ptr, sql, q0, Lq, D, BQ, BD)
-            do, _ = _load_rows(do_ptr, sdl, q0, Lq, D, BQ, BD)
-            o, _ = _load_rows(o_ptr, H * D, q0, Lq, D, BQ, BD)
+            offs_q = q0 + tl.arange(0, BQ)
+            rows = (offs_q < Lq)[:, None] & dmask[None, :]
+            q = tl.load(q_ptr + offs_q[:, None] * sql, mask=rows, other=0.0)
+            do = tl.load(do_ptr + offs_q[:, None] * sdl, mask=rows, other=0.0)
+            o = tl.load(o_ptr + offs_q[:, None] * (H * D), mask=rows, other=0.0)
             lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
             dq = tl.zeros([BQ, BD], tl.float32)
             for k0 in range(0, Lk, BK):
-                k, v, valid, offs_k = _load_keys(k_ptr, v_ptr, m_ptr, skl, svl, sml, k0, Lk, D,
-                                                 HAS_MASK, BK, BD)
+                offs_k = k0 + tl.arange(0, BK)
+                valid = offs_k < Lk
+                kv_mask = valid[:, None] & dmask[None, :]
+                k = tl.load(k_ptr + offs_k[:, None] * skl, mask=kv_mask, other=0.0)
+                v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
+                if HAS_MASK:
+                    valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
                 _, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr,
-                                      rng0, qk_scale, scale, p_drop, DROPOUT, IEEE)
-                dq += _mm(ds.to(k.dtype), k, IEEE)
-            _store_rows(dq_ptr, H * D, dq, q0, Lq, D, BQ, BD)
-
+                                      rng0, qk_scale, scale, p_drop, DROPOUT, DOT)
+                dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT)
+            tl.store(dq_ptr + offs_q[:, None] * (H * D), dq.to(dq_ptr.dtype.element_ty), mask=rows)
 
 
 @triton.jit
@@ -230,7 +219,7 @@ def _attn_fwd_kernel(seed_ptr, H, D, qk_scale, p_drop,
                      svlb, svhb, smbb, smlb, rngb,
                      MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
                      MASK_B: tl.constexpr, BQ_B: tl.constexpr, BK_B: tl.constexpr,
-                     PAIR: tl.constexpr, DROPOUT: tl.constexpr, IEEE: tl.constexpr,
+                     PAIR: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
                      BD: tl.constexpr):
     bh = tl.program_id(0)
     b = bh // H
@@ -238,11 +227,11 @@ def _attn_fwd_kernel(seed_ptr, H, D, qk_scale, p_drop,
     if PAIR and tl.program_id(1) == 1:
         _attn_fwd_one(qb, kb, vb, mb, ob, lb, seed_ptr, bh, b, h, H, Lqb, Lkb, D, sqbb, sqlb, sqhb,
                       skbb, sklb, skhb, svbb, svlb, svhb, smbb, smlb, qk_scale, p_drop, rngb,
-                      MASK_B, DROPOUT, IEEE, BQ_B, BK_B, BD)
+                      MASK_B, DROPOUT, DOT, BQ_B, BK_B, BD)
     else:
         _attn_fwd_one(qa, ka, va, ma, oa, la, seed_ptr, bh, b, h, H, Lqa, Lka, D, sqba, sqla, sqha,
                       skba, skla, skha, svba, svla, svha, smba, smla, qk_scale, p_drop, rnga,
-                      MASK_A, DROPOUT, IEEE, BQ_A, BK_A, BD)
+                      MASK_A, DROPOUT, DOT, BQ_A, BK_A, BD)
 
 
 @triton.jit
@@ -254,19 +243,19 @@ def _attn_bwd_kernel(seed_ptr, H, D, qk_scale, scale, p_drop,
                      MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
                      ONE_A: tl.constexpr, MASK_B: tl.constexpr, BQ_B: tl.constexpr,
                      BK_B: tl.constexpr, ONE_B: tl.constexpr, PAIR: tl.constexpr,
-                     DROPOUT: tl.constexpr, IEEE: tl.constexpr, BD: tl.constexpr):
+                     DROPOUT: tl.constexpr, DOT: tl.constexpr, BD: tl.constexpr):
     bh = tl.program_id(0)
     b = bh // H
     h = bh % H
     if PAIR and tl.program_id(1) == 1:
         _attn_bwd_one(qb, kb, vb, mb, ob, lb, dob, dqb, dkb, dvb, seed_ptr, bh, b, h, H, Lqb, Lkb,
                       D, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb, svlb, svhb, smbb, smlb, sdbb,
-                      sdlb, sdhb, qk_scale, scale, p_drop, rngb, MASK_B, DROPOUT, IEEE, ONE_B,
+                      sdlb, sdhb, qk_scale, scale, p_drop, rngb, MASK_B, DROPOUT, DOT, ONE_B,
                       BQ_B, BK_B, BD)
     else:
         _attn_bwd_one(qa, ka, va, ma, oa, la, doa, dqa, dka, dva, seed_ptr, bh, b, h, H, Lqa, Lka,
                       D, sqba, sqla, sqha, skba, skla, skha, svba, svla, svha, smba, smla, sdba,
-                      sdla, sdha, qk_scale, scale, p_drop, rnga, MASK_A, DROPOUT, IEEE, ONE_A,
+                      sdla, sdha, qk_scale, scale, p_drop, rnga, MASK_A, DROPOUT, DOT, ONE_A,
                       BQ_A, BK_A, BD)
 
 
@@ -342,7 +331,7 @@ def attention_forward(dirs, scale, p, seed):
         args, cexp = args * 2, cexp * 2
     _attn_fwd_kernel[(B * H, len(dirs))](
         q0 if seed is None else seed, H, D, scale * _LOG2E, p, *args, *cexp, len(dirs) == 2,
-        p > 0, q0.dtype == torch.float32, bd, **opts)
+        p > 0, "ieee" if q0.dtype == torch.float32 else "tf32", bd, **opts)
     return res
 
 
@@ -365,7 +354,7 @@ def attention_backward(dirs, outs, lses, douts, scale, p, seed):
         args, cexp = args * 2, cexp * 2
     _attn_bwd_kernel[(B * H, len(dirs))](
         q0 if seed is None else seed, H, D, scale * _LOG2E, scale, p, *args, *cexp,
-        len(dirs) == 2, p > 0, q0.dtype == torch.float32, bd, **opts)
+        len(dirs) == 2, p > 0, "ieee" if q0.dtype == torch.float32 else "tf32", bd, **opts)
     return grads
 
 

@@ -9,7 +9,7 @@ small (G, N) -> (N,) torch sum finishes them. float32/float16/bfloat16, computed
 import torch
 import torch.nn.functional as F
 
-from ._impl import check_tensors, next_pow2, resolve_impl, tl, triton
+from ._impl import check_tensors, next_pow2, resolve_impl, sm_count, tl, triton
 
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -84,7 +84,7 @@ def bias_gelu_backward(x, bias, dy):
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bm, bn = _tiles(M, N)
     if x.is_cuda:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        sms = sm_count(x.device.index)
         G = max(1, min(triton.cdiv(4 * sms, triton.cdiv(N, bn)), triton.cdiv(M, bm)))
     else:  # the interpreter: few, long programs
         G = max(1, min(2, triton.cdiv(M, bm)))

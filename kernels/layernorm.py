@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dropout import check_dropout_p, draw_seed, dropout_keep
-from ._impl import check_tensors, next_pow2, resolve_impl, tl, triton
+from ._impl import check_tensors, next_pow2, resolve_impl, sm_count, tl, triton
 
 MAX_N = 8192
 
@@ -126,7 +126,7 @@ def _tiles(M, N):
 
 def _num_bwd_programs(x, M, bm):
     if x.is_cuda:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        sms = sm_count(x.device.index)
         return max(1, min(2 * sms, triton.cdiv(M, bm)))
     return max(1, min(4, triton.cdiv(M, bm)))  # the interpreter: few, long programs
 

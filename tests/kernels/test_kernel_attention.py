@@ -21,6 +21,7 @@ CASES = {
     "no-mask": (1, 20, 36, 2, 64, None),
     "head-dim-128-two-key-blocks": (1, 5, 70, 2, 128, [70]),
     "two-query-blocks": (1, 70, 7, 2, 32, [5]),
+    "head-dim-24": (1, 5, 6, 2, 24, "rand"),  # not a power of two: padded to 32 in registers
 }
 
 
