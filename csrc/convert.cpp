@@ -28,11 +28,11 @@
 namespace featstore {
 namespace {
 
-constexpr size_t kBlockSize = size_t(16) << 20;
-constexpr size_t kChunkBytes = size_t(2) << 20;
+constexpr size_t kBlockSize = size_t(4) << 20;
+constexpr size_t kChunkBytes = size_t(1) << 20;
 constexpr size_t kMaxLine = 0xFFFFFFFFu;
 
-// Reused read buffers: a fresh 16 MiB allocation per block would cost ~4000 page faults.
+// Reused read buffers: a fresh 4 MiB allocation per block would cost ~1000 page faults.
 class BlockPool {
   public:
     std::unique_ptr<char[]> take(size_t cap) {
