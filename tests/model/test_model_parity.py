@@ -117,3 +117,19 @@ def test_training_mode_without_dropout_matches_grads():
     a.loss.backward()
     b.loss.backward()
     assert_grads_close(ours, theirs)
+
+
+def test_default_size_state_dict_matches(cls_name="LxmertForPreTraining"):
+    """The default (228M-parameter) architecture, built on the meta device: same keys in the same
+    order, same shapes, same parameter count as transformers (the backbone and every head)."""
+    import transformers
+
+    import lxmert_fast
+
+    with torch.device("meta"):
+        ours = getattr(lxmert_fast, cls_name)(lxmert_fast.LxmertConfig())
+        theirs = getattr(transformers, cls_name)(transformers.LxmertConfig())
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b)
+    assert all(a[k].shape == b[k].shape for k in a)
+    assert ours.num_parameters() == sum(p.numel() for p in theirs.parameters())
