@@ -45,7 +45,16 @@ class DsConfigError(ValueError):
     """A ds_config that DeepSpeed would misread or reject later."""
 
 
+# Names other frameworks use for a DeepSpeed key (suggested before the spelling-nearest one).
+ALIASES = {"learning_rate": "lr", "max_grad_norm": "gradient_clipping",
+           "grad_clip": "gradient_clipping", "batch_size": "train_batch_size",
+           "micro_batch_size": "train_micro_batch_size_per_gpu",
+           "grad_accum": "gradient_accumulation_steps", "zero": "zero_optimization"}
+
+
 def _nearest(key: str, valid) -> str:
+    if ALIASES.get(key) in valid:
+        return f"did you mean {ALIASES[key]!r}?"
     match = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.4)
     return f"did you mean {match[0]!r}?" if match else f"valid keys: {sorted(valid)}"
 

@@ -53,9 +53,13 @@ class _MicroBatchData(torch.utils.data.Dataset):
 def batches(sampler: ResumableBatchSampler, make_batch, start: int, end: int, num_workers: int):
     """Iterator of (MicroBatch, batch) for steps [start, end) of this rank, in order."""
     keys = list(sampler.iter_from(start, end))
+    # A private generator: creating the iterator must not draw from the global torch RNG (it
+    # is part of the checkpointed state: dropout after a resume must continue unchanged).
+    generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + sampler.rank)
     return iter(torch.utils.data.DataLoader(
         _MicroBatchData(make_batch), sampler=keys, batch_size=None, num_workers=num_workers,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None))
+        persistent_workers=False, prefetch_factor=4 if num_workers else None,
+        generator=generator))
 
 
 def _grad_norm_before_step(engine):

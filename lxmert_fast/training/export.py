@@ -1,0 +1,96 @@
+"""Export a DeepSpeed checkpoint of a run to a transformers-format directory.
+
+    python -m lxmert_fast.training.export OUTPUT_DIR EXPORT_DIR [--tag step_00000100]
+
+Reads `OUTPUT_DIR/run.json` (model class and config written by train.py / finetune.py),
+consolidates the fp32 weights of any ZeRO stage with DeepSpeed's zero_to_fp32
+(`get_fp32_state_dict_from_zero_checkpoint`: ZeRO-1/2 master-weight partitions, ZeRO-3 parameter
+partitions; a stage-0 checkpoint's module state is used as is, upcast to fp32), loads them into
+the model class and writes `save_pretrained` (config.json + model.safetensors), plus the run's
+answer table and vocab so the directory is self-contained. Runs on CPU, no process group.
+"""
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+from .checkpoint import Checkpointer
+
+
+def _stage0_state_dict(tag_dir: str) -> dict:
+    files = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
+    if not files:
+        raise FileNotFoundError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_*_model_states.pt)")
+    module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
+
+
+def consolidated_state_dict(output_dir: str, tag: str = None) -> dict:
+    """fp32 state_dict of checkpoint `tag` (default: `latest`) of a run, any ZeRO stage."""
+    ckpt = Checkpointer(output_dir)
+    tag = tag or ckpt.latest_tag()
+    if tag is None:
+        raise FileNotFoundError(f"no complete checkpoint in {ckpt.dir} (no 'latest' file)")
+    tag_dir = os.path.join(ckpt.dir, tag)
+    if not os.path.isdir(tag_dir):
+        raise FileNotFoundError(f"checkpoint {tag!r} not found in {ckpt.dir}: have {ckpt.tags()}")
+    if not glob.glob(os.path.join(tag_dir, "*optim_states.pt")):
+        return _stage0_state_dict(tag_dir)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(ckpt.dir, tag=tag)
+
+
+def load_run_model(output_dir: str, tag: str = None):
+    """The run's model class instantiated from run.json, with the checkpoint's fp32 weights."""
+    import lxmert_fast
+    from lxmert_fast import LxmertConfig
+
+    path = os.path.join(output_dir, "run.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {output_dir} a train.py/finetune.py run?")
+    with open(path) as f:
+        info = json.load(f)
+    cls = getattr(lxmert_fast, info["model_class"])
+    model = cls(LxmertConfig.from_dict(info["model_config"]))
+    state = consolidated_state_dict(output_dir, tag)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"cls.predictions.decoder.weight"} if getattr(model.config, "tie_word_embeddings",
+                                                          False) else set()
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"checkpoint of {output_dir} does not fit {info['model_class']}: "
+                           f"missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    model.tie_weights()
+    return model, info
+
+
+def export(output_dir: str, export_dir: str, tag: str = None) -> str:
+    model, info = load_run_model(output_dir, tag)
+    model.save_pretrained(export_dir)
+    table = os.path.join(output_dir, "answer_table.json")
+    if os.path.exists(table):
+        shutil.copyfile(table, os.path.join(export_dir, "answer_table.json"))
+    if info.get("vocab") and os.path.exists(info["vocab"]):
+        shutil.copyfile(info["vocab"], os.path.join(export_dir, "vocab.txt"))
+    return export_dir
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="DeepSpeed checkpoint -> transformers-format dir")
+    p.add_argument("output_dir", help="the run's --output_dir")
+    p.add_argument("export_dir", help="directory to write config.json + weights into")
+    p.add_argument("--tag", help="checkpoint tag (default: the one in 'latest')")
+    args = p.parse_args(argv)
+    try:
+        out = export(args.output_dir, args.export_dir, args.tag)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        sys.exit(f"export failed: {e}")
+    print(f"exported {args.output_dir} ({args.tag or 'latest'}) to {out}")
+
+
+if __name__ == "__main__":
+    main()

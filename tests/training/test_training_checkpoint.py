@@ -1,0 +1,110 @@
+"""Checkpointer on a real (single-process, CPU) DeepSpeed engine with a toy model: rotation,
+`latest` moved only after a complete save, RNG and optimizer/scheduler state restored."""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lxmert_fast.training import env
+from lxmert_fast.training.checkpoint import Checkpointer, tag_for
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    saved = dict(os.environ)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
+        os.environ.pop(name, None)
+    env.setup_environment()
+    env.init_distributed()
+    yield
+    torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _engine():
+    from lxmert_fast.training import ds_config as dsc
+    from lxmert_fast.training.engine import build_engine
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    cfg = dsc.validate({"train_batch_size": 4}, world_size=1)
+    return build_engine(model, cfg, total_steps=20, warmup_ratio=0.1, lr=1e-2)
+
+
+def _step(engine):
+    loss = engine(torch.randn(4, 6)).pow(2).mean()
+    engine.backward(loss)
+    engine.step()
+    return loss.item()
+
+
+def _params(engine):
+    return [p.detach().clone() for p in engine.module.parameters()]
+
+
+def test_keep_last_rotation_latest_and_exact_state_restore(process_group, tmp_path):
+    engine = _engine()
+    ckpt = Checkpointer(str(tmp_path), keep_last=2)
+    assert ckpt.latest_tag() is None
+    for step in range(1, 5):
+        _step(engine)
+        ckpt.save(engine, step, {"note": step})
+    assert ckpt.tags() == [tag_for(3), tag_for(4)]
+    assert ckpt.latest_tag() == tag_for(4)
+    assert os.path.exists(os.path.join(ckpt.dir, tag_for(4), "rng_rank00000.pt"))
+    weights, lr = _params(engine), engine.get_lr()[0]
+    expected = (torch.rand(3), np.random.rand(), random.random())
+    later = [_step(engine) for _ in range(3)]
+
+    restored = _engine()
+    torch.manual_seed(123)
+    state = Checkpointer(str(tmp_path), keep_last=2).load(restored)
+    assert state["step"] == 4 and state["note"] == 4
+    for a, b in zip(_params(restored), weights):
+        assert torch.equal(a, b)
+    assert restored.get_lr()[0] == lr
+    got = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+    # same RNG, weights, optimizer and schedule: the continuation is bit-identical
+    assert [_step(restored) for _ in range(3)] == later
+
+
+def test_latest_does_not_move_when_a_save_fails(process_group, tmp_path):
+    engine = _engine()
+    ckpt = Checkpointer(str(tmp_path), keep_last=3)
+    _step(engine)
+    ckpt.save(engine, 1, {})
+
+    def broken(save_dir, tag, client_state, save_latest):
+        os.makedirs(os.path.join(save_dir, tag))
+        open(os.path.join(save_dir, tag, "partial"), "w").close()
+        raise OSError("disk full")
+
+    real = engine.save_checkpoint
+    engine.save_checkpoint = broken
+    with pytest.raises(OSError, match="disk full"):
+        ckpt.save(engine, 2, {})
+    assert ckpt.latest_tag() == tag_for(1)
+    # a resumed run that saves step 2 again replaces the partial directory; newer leftovers go
+    os.makedirs(os.path.join(ckpt.dir, tag_for(7)))
+    engine.save_checkpoint = real
+    ckpt.save(engine, 2, {})
+    assert ckpt.latest_tag() == tag_for(2)
+    assert ckpt.tags() == [tag_for(1), tag_for(2)]
+
+
+def test_load_errors_name_the_problem(process_group, tmp_path):
+    engine = _engine()
+    ckpt = Checkpointer(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint in .*checkpoints"):
+        ckpt.load(engine)
+    os.makedirs(ckpt.dir)
+    with open(os.path.join(ckpt.dir, "latest"), "w") as f:
+        f.write("step_00000009")
+    with pytest.raises(RuntimeError, match="names 'step_00000009', which is not a checkpoint"):
+        ckpt.latest_tag()
+    with pytest.raises(ValueError, match="keep_last=0"):
+        Checkpointer(str(tmp_path), keep_last=0)
