@@ -14,6 +14,8 @@ JSON, so a filtered run still reports what it measured.
 import functools
 import os
 import platform
+import statistics
+import time
 from importlib import metadata
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
@@ -153,6 +155,22 @@ def record(benchmark, *, shapes: dict, variant: Optional[str] = None,
         if base_s is not None:
             info[f"ratio_vs_{base}"] = base_s / seconds
     return info
+
+
+def interleaved_ratio(fast: Callable, baseline: Callable, rounds: int = 3) -> dict:
+    """Time ``fast`` and ``baseline`` alternately (A B A B ...), each synchronised, and return
+    both medians and baseline / fast. On a shared machine whose load drifts during a run, this
+    ratio is fair where two benchmarks measured one after the other are not."""
+    times = {"fast": [], "baseline": []}
+    for _ in range(rounds):
+        for name, fn in (("fast", fast), ("baseline", baseline)):
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    fast_s, base_s = statistics.median(times["fast"]), statistics.median(times["baseline"])
+    return {"interleaved_fast_s": fast_s, "interleaved_baseline_s": base_s,
+            "interleaved_rounds": rounds, "interleaved_ratio": base_s / fast_s}
 
 
 def cuda_peak_memory_gb() -> Optional[float]:

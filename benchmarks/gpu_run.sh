@@ -56,7 +56,9 @@ build_fallback() {
   fi
 }
 log "START build"
-if timeout 150 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
+if [ "${GPU_RUN_SKIP_BUILD:-0}" = 1 ]; then
+  log "END build: skipped (GPU_RUN_SKIP_BUILD=1, the package is installed)"
+elif timeout 150 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . \
     > "$OUT_DIR/build.log" 2>&1; then
   log "END build: editable install"
 else

@@ -1,8 +1,8 @@
 """Fused kernels of lxmert_fast against torch, at LXMERT's pretraining shapes (DESIGN.md section 3).
 
 - attention (B=256, H=12, D=64, key padding mask, bf16), Lq=20/Lk=36 (language queries on objects)
-  and the reverse: our Triton kernel vs transformers-style eager math and torch SDPA;
-  forward (no dropout, as in inference) and forward+backward (attention dropout 0.1, as in training).
+  and the reverse: our Triton kernel vs transformers-style eager math and torch SDPA; forward
+  (no dropout, as in inference) and forward+backward (attention dropout 0.1, as in training).
 - cross_attention_pair (both directions of LXMERT's shared cross-attention) vs two calls.
 - dropout_add_layer_norm on 14336x768 (256 x 56 tokens) vs torch LayerNorm alone and the eager
   add + dropout + LayerNorm chain it replaces.

@@ -1,5 +1,6 @@
 """benchmarks/common.py (device info, timed, record's figures and ratios) and the model
 benchmark factories (valid random batches, FLOPs counted from the config)."""
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -76,3 +77,21 @@ def test_setting_for_this_machine():
     s = setting_for(quick=True)
     assert s.device == ("cuda" if torch.cuda.is_available() else "cpu")
     assert s.batch == (256 if s.device == "cuda" else 2)
+
+
+def test_interleaved_ratio_alternates_and_compares():
+    calls = []
+
+    def fast():
+        calls.append("fast")
+        time.sleep(0.002)
+
+    def slow():
+        calls.append("baseline")
+        time.sleep(0.02)
+
+    out = common.interleaved_ratio(fast, slow, rounds=3)
+    assert calls == ["fast", "baseline"] * 3 and out["interleaved_rounds"] == 3
+    assert out["interleaved_ratio"] == pytest.approx(
+        out["interleaved_baseline_s"] / out["interleaved_fast_s"])
+    assert out["interleaved_ratio"] > 1.5
