@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 import torch
 import torch.distributed as dist
 
-from .records import Nlvr2Record, QARecord, Record
+from .records import Record
 
 
 def vqa_score(answer: str, label: Optional[Mapping[str, float]]) -> float:
@@ -98,4 +98,4 @@ def metrics_dict(task: str, split: str, total: ScoreSum, num_predictions: int) -
 
 
 __all__ = ["vqa_score", "gqa_score", "nlvr2_score", "example_score", "ScoreSum",
-           "score_predictions", "metrics_dict", "QARecord", "Nlvr2Record"]
+           "score_predictions", "metrics_dict"]
