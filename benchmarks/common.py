@@ -25,8 +25,6 @@ import torch
 # (group, variant) -> median seconds of the variants measured so far in this session.
 _TIMES: Dict[Tuple[str, str], float] = {}
 
-H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM, dense bf16 tensor-core peak
-
 
 def _version(dist: str) -> Optional[str]:
     try:
