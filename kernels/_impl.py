@@ -81,3 +81,17 @@ def check_tensors(op: str, device: torch.device, dtype: torch.dtype, **tensors) 
 def sm_count(device_index) -> int:
     """Streaming multiprocessors of a CUDA device (sizes the persistent backward grids)."""
     return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
+
+
+def use_kernel(impl: str, tensor: torch.Tensor, op: str, fits: bool = True) -> bool:
+    """Whether ``op`` runs its Triton kernel: ``resolve_impl`` says "triton" and the problem
+    ``fits`` the kernel's documented limits (else the reference runs). A dtype the kernel lacks
+    falls back to the reference under "auto" and raises under an explicit "triton"."""
+    if resolve_impl(impl, tensor, op) == "torch" or not fits:
+        return False
+    if tensor.dtype not in KERNEL_DTYPES:
+        if impl == "auto":
+            return False
+        raise TypeError(f"{op}: impl='triton' does not support dtype {tensor.dtype} "
+                        f"(use one of {KERNEL_DTYPES})")
+    return True

@@ -15,8 +15,8 @@ backward. Dropout on the probabilities uses a counter-based RNG (``_dropout.py``
 Limits: any Lq, Lk >= 1. Rows of up to ``BK`` keys (128 at head dim 64, 64 at head dim 128) are
 held whole; longer rows are processed in key blocks with an online softmax (forward) and a second
 loop nest for dq (backward), so 512 and beyond run in the kernel. Head dims up to 256 (any, padded
-to a power of two); larger head dims and dtypes other than float32/float16/bfloat16 fall back to
-the reference. Element counters are int32: B*H*Lq*Lk must stay below 2**31.
+to a power of two); larger head dims fall back to the reference, as do dtypes other than
+float32/float16/bfloat16 under impl="auto" (impl="triton" raises for them). Element counters are int32: B*H*Lq*Lk must stay below 2**31.
 """
 import math
 from typing import Optional, Tuple
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dropout import check_dropout_p, draw_seed, dropout_keep
-from ._impl import check_tensors, next_pow2, resolve_impl, tl, triton
+from ._impl import check_tensors, next_pow2, tl, triton, use_kernel
 
 
 def attention_ref(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, return_probs=False,
@@ -380,12 +380,8 @@ class _AttentionFn(torch.autograd.Function):
         return (None, None, None, *[g for dq, dk, dv in grads for g in (dq, dk, dv, None)])
 
 
-def _kernel_ok(q):
-    return q.dtype in (torch.float32, torch.float16, torch.bfloat16) and q.shape[-1] <= MAX_HEAD_DIM
-
-
 def _run_kernel(dirs, p, scale):
-    """Dispatch: the custom op under torch.compile (no graph break), the autograd Function eagerly."""
+    """The custom op under torch.compile (no graph break), else the autograd Function."""
     seed = draw_seed(dirs[0][0].device) if p > 0 else None
     if torch.compiler.is_compiling():
         from . import _custom_ops  # noqa: F401  (registers torch.ops.lxmert_fast.*)
@@ -400,14 +396,15 @@ def attention(q, k, v, key_padding_mask: Optional[torch.Tensor] = None, dropout_
     Dropout (``dropout_p`` > 0) is applied to the probabilities, as in BERT; pass 0 in eval."""
     _check_qkv(q, k, v, key_padding_mask)
     p = check_dropout_p("attention", dropout_p)
-    if resolve_impl(impl, q, "attention") == "torch" or not _kernel_ok(q):
+    if not use_kernel(impl, q, "attention", fits=q.shape[-1] <= MAX_HEAD_DIM):
         return attention_ref(q, k, v, key_padding_mask, p, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return _run_kernel([_prepare(q, k, v, key_padding_mask, "attention")], p, scale)[0]
 
 
 def cross_attention_pair(q_l, k_l, v_l, q_v, k_v, v_v, mask_l=None, mask_v=None,
-                         dropout_p: float = 0.0, impl: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+                         dropout_p: float = 0.0,
+                         impl: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
     """LXMERT's shared cross-attention, both directions (one launch forward, one backward):
     out_l = attention(q_l, k_v, v_v, mask_v) and out_v = attention(q_v, k_l, v_l, mask_l)."""
     name_l, name_v = ("cross_attention_pair (language->vision)",
@@ -415,7 +412,7 @@ def cross_attention_pair(q_l, k_l, v_l, q_v, k_v, v_v, mask_l=None, mask_v=None,
     _check_qkv(q_l, k_v, v_v, mask_v, name_l)
     _check_qkv(q_v, k_l, v_l, mask_l, name_v)
     p = check_dropout_p("cross_attention_pair", dropout_p)
-    if resolve_impl(impl, q_l, "cross_attention_pair") == "torch" or not _kernel_ok(q_l):
+    if not use_kernel(impl, q_l, "cross_attention_pair", fits=q_l.shape[-1] <= MAX_HEAD_DIM):
         return (attention_ref(q_l, k_v, v_v, mask_v, p), attention_ref(q_v, k_l, v_l, mask_l, p))
     if q_l.shape[0] != q_v.shape[0] or q_l.shape[2:] != q_v.shape[2:] or q_l.dtype != q_v.dtype:
         raise ValueError(f"cross_attention_pair: q_l {tuple(q_l.shape)} {q_l.dtype} and q_v "

@@ -9,7 +9,7 @@ small (G, N) -> (N,) torch sum finishes them. float32/float16/bfloat16, computed
 import torch
 import torch.nn.functional as F
 
-from ._impl import check_tensors, next_pow2, resolve_impl, sm_count, tl, triton
+from ._impl import check_tensors, next_pow2, sm_count, tl, triton, use_kernel
 
 _SQRT1_2 = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
@@ -113,8 +113,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.
     if tuple(bias.shape) != (x.shape[-1],):
         raise ValueError(f"bias_gelu: bias shape {tuple(bias.shape)} != ({x.shape[-1]},) "
                          f"for x of shape {tuple(x.shape)}")
-    if (resolve_impl(impl, x, "bias_gelu") == "torch"
-            or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
+    if not use_kernel(impl, x, "bias_gelu"):
         return bias_gelu_ref(x, bias)
     check_tensors("bias_gelu", x.device, bias.dtype, bias=bias)
     x2 = _rows(x, x.shape[-1])

@@ -10,7 +10,8 @@ from x, x_bias and residual instead of storing it. Published Triton LayerNorm ba
 torch at hidden ~768 on the dW/dB reduction; here each backward program walks many rows, keeps its
 dW, dB and d(x_bias) partial sums in registers, and one small (3, G, N) -> (3, N) torch sum finishes
 them (the Apex / Liger scheme). ``residual`` may be None (plain LN of dropout(x + x_bias)).
-Accumulation is in float32 for float32/float16/bfloat16 inputs; wider rows fall back to the reference.
+Accumulation is in float32 for float32/float16/bfloat16 inputs; wider rows fall back to the
+reference, as do other dtypes under impl="auto" (impl="triton" raises for them).
 """
 from typing import Optional
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dropout import check_dropout_p, draw_seed, dropout_keep
-from ._impl import check_tensors, next_pow2, resolve_impl, sm_count, tl, triton
+from ._impl import check_tensors, next_pow2, sm_count, tl, triton, use_kernel
 
 MAX_N = 8192
 
@@ -198,12 +199,12 @@ def _check(x, residual, weight, bias, x_bias):
 
 
 def dropout_add_layer_norm(x, residual, weight, bias, eps: float = 1e-12, dropout_p: float = 0.0,
-                           x_bias: Optional[torch.Tensor] = None, impl: str = "auto") -> torch.Tensor:
+                           x_bias: Optional[torch.Tensor] = None,
+                           impl: str = "auto") -> torch.Tensor:
     """LayerNorm(dropout(x + x_bias) + residual) over the last dim; ``residual`` may be None."""
     _check(x, residual, weight, bias, x_bias)
     p = check_dropout_p("dropout_add_layer_norm", dropout_p)
-    if (resolve_impl(impl, x, "dropout_add_layer_norm") == "torch" or x.shape[-1] > MAX_N
-            or x.dtype not in (torch.float32, torch.float16, torch.bfloat16)):
+    if not use_kernel(impl, x, "dropout_add_layer_norm", fits=x.shape[-1] <= MAX_N):
         return dropout_add_layer_norm_ref(x, residual, weight, bias, eps, p, x_bias)
     for name, t in (("residual", residual), ("weight", weight), ("bias", bias), ("x_bias", x_bias)):
         if t is not None:  # dtypes may differ (fp32 LN weights with bf16 activations)

@@ -28,4 +28,6 @@ def visual_feat_encoder(feats, boxes, feat_w, feat_b, feat_ln_w, feat_ln_b, box_
     fx = dropout_add_layer_norm(x, None, feat_ln_w, feat_ln_b, eps, 0.0, x_bias=feat_b, impl=impl)
     fy = dropout_add_layer_norm(y, None, box_ln_w, box_ln_b, eps, 0.0, x_bias=box_b, impl=impl)
     out = (fx + fy) * 0.5
-    return torch.nn.functional.dropout(out, p=dropout_p, training=training) if dropout_p > 0 else out
+    if dropout_p > 0:
+        out = torch.nn.functional.dropout(out, p=dropout_p, training=training)
+    return out

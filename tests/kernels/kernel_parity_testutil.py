@@ -45,7 +45,7 @@ def assert_parity(kernel_fn, torch_fn, inputs, douts, dtype, names):
 
 
 def padding_mask(batch, length, lengths=None, device=DEVICE):
-    """(B, L) bool, True = real key; ``lengths`` per row (0 = fully masked), else random in [1, L]."""
+    """(B, L) bool, True = real key; ``lengths`` per row (0 = fully masked), else random."""
     if lengths is None:
         lengths = torch.randint(1, length + 1, (batch,))
     lengths = torch.as_tensor(lengths)

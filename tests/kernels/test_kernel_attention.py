@@ -134,6 +134,7 @@ def test_auto_on_cpu_is_the_reference():
     (dict(mask=torch.ones(2, 7, dtype=torch.bool)), ValueError, r"\(2, 7\)"),
     (dict(dropout_p=1.0), ValueError, "dropout_p=1.0"),
     (dict(impl="cuda"), ValueError, "impl='cuda'"),
+    (dict(q=torch.randn(2, 5, 2, 16, dtype=torch.float64)), TypeError, "dtype torch.float64"),
 ])
 def test_attention_errors_name_the_value(bad, err, match):
     args = dict(q=torch.randn(2, 5, 2, 16), k=torch.randn(2, 6, 2, 16), v=torch.randn(2, 6, 2, 16),

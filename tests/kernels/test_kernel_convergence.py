@@ -79,7 +79,8 @@ def test_forward_backward_matches_reference_model():
         model = _model(impl)
         out = model(**batch)
         out.loss.backward()
-        results[impl] = (out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results[impl] = (out, grads)
     (ref, ref_grads), (got, got_grads) = results["torch"], results["triton"]
     torch.testing.assert_close(got.loss, ref.loss, rtol=1e-5, atol=1e-5)
     for name in ("prediction_logits", "cross_relationship_score", "question_answering_score"):

@@ -88,7 +88,8 @@ def test_cross_pair_dropout_masks_and_backward():
 
 def test_layer_norm_dropout_rate_and_backward_mask():
     M, N = 64, 64
-    ones, w, b = torch.ones(M, N, device=DEVICE), torch.ones(N, device=DEVICE), torch.zeros(N, device=DEVICE)
+    ones, w = torch.ones(M, N, device=DEVICE), torch.ones(N, device=DEVICE)
+    b = torch.zeros(N, device=DEVICE)
     torch.manual_seed(3)
     keep = dropout_add_layer_norm(ones, None, w, b, 1e-12, P, impl="triton") > 0
     _assert_rate(keep)

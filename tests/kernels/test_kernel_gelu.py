@@ -31,6 +31,8 @@ def test_bias_gelu_matches_reference_gpu_ffn_size(dtype):
                   ["y", "dx", "dbias"])
 
 
-def test_bias_gelu_bad_bias_shape():
+def test_bias_gelu_bad_inputs_raise_naming_them():
     with pytest.raises(ValueError, match=r"bias shape \(5,\) != \(4,\)"):
         bias_gelu(torch.randn(2, 4), torch.randn(5), impl="triton")
+    with pytest.raises(TypeError, match="dtype torch.float64"):
+        bias_gelu(torch.randn(2, 4).double(), torch.randn(4).double(), impl="triton")

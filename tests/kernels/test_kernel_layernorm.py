@@ -82,6 +82,7 @@ def test_layer_norm_mixed_precision_weights():
     (dict(x_bias=torch.randn(3)), ValueError, r"x_bias shape \(3,\)"),
     (dict(dropout_p=-0.1), ValueError, "dropout_p=-0.1"),
     (dict(bias=torch.randn(8, dtype=torch.float64)), TypeError, "bias has dtype torch.float64"),
+    (dict(x=torch.randn(4, 8, dtype=torch.float64)), TypeError, "dtype torch.float64"),
 ])
 def test_layer_norm_errors_name_the_value(bad, err, match):
     args = dict(x=torch.randn(4, 8), residual=torch.randn(4, 8), weight=torch.randn(8),

@@ -37,8 +37,8 @@ def test_visual_feat_encoder_dropout_and_shapes():
     assert out.shape == (2, 5, HIDDEN)
     zeros = (out == 0).float().mean().item()
     assert 0.2 < zeros < 0.8, f"dropout 0.5 zeroed {zeros:.2f} of the output"
-    assert torch.equal(ops.visual_feat_encoder(*inputs, dropout_p=0.5, training=False, impl="triton"),
-                       ops.visual_feat_encoder(*inputs, impl="triton"))
+    evaluated = ops.visual_feat_encoder(*inputs, dropout_p=0.5, training=False, impl="triton")
+    assert torch.equal(evaluated, ops.visual_feat_encoder(*inputs, impl="triton"))
     with pytest.raises(ValueError, match=r"feats \(2, 5, 16\) and boxes \(2, 4, 4\)"):
         ops.visual_feat_encoder(inputs[0], inputs[1][:, :4], *inputs[2:], impl="triton")
 
