@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from lxmert_fast.config import CONFIG_NAME, LxmertConfig
+from lxmert_fast.config import LxmertConfig
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
@@ -170,7 +170,8 @@ def save_pretrained(model: nn.Module, save_directory: str, safe_serialization: b
     return path
 
 
-def map_original_keys(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def map_original_keys(model: nn.Module,
+                      state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Rename the original repository's keys to this model's names."""
     backbone = "" if not any(k.startswith(PREFIX) for k in model.state_dict()) else PREFIX
     head = "answer_head.logit_fc." if hasattr(model, "answer_head") else "logit_fc."

@@ -17,7 +17,7 @@ import dataclasses
 import difflib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 CONFIG_NAME = "config.json"

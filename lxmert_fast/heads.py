@@ -16,7 +16,8 @@ from torch import nn
 
 from lxmert_fast import modeling_losses as losses
 from lxmert_fast.config import LxmertConfig
-from lxmert_fast.modeling import _ACTIVATIONS, LxmertModel, LxmertPreTrainedModel
+from lxmert_fast.modeling import LxmertModel, LxmertPreTrainedModel
+from lxmert_fast.modeling_layers import ACTIVATIONS
 from lxmert_fast.modeling_outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
                                           LxmertForQuestionAnsweringOutput)
 
@@ -30,7 +31,7 @@ class LxmertPredictionHeadTransform(nn.Module):
     def __init__(self, config: LxmertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = _ACTIVATIONS[config.hidden_act]
+        self.act = ACTIVATIONS[config.hidden_act]
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states):
@@ -188,7 +189,8 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
 
 
 class LxmertForQuestionAnswering(_QAHeadMixin, LxmertPreTrainedModel):
-    """LXMERT with the answer head; loss per ``config.qa_loss`` ("ce" transformers, "bce" original)."""
+    """LXMERT with the answer head; loss per ``config.qa_loss`` ("ce": transformers',
+    "bce": the original's soft-score BCE)."""
 
     def __init__(self, config: LxmertConfig):
         super().__init__(config)

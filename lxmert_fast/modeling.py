@@ -1,11 +1,9 @@
-"""LXMERT (Tan & Bansal, EMNLP 2019, arXiv 1908.07490): embeddings, the three encoders, LxmertModel.
+"""LXMERT (Tan & Bansal, EMNLP 2019, arXiv 1908.07490): ``LxmertModel`` and the shared base class.
 
 A drop-in for transformers' ``LxmertModel``: same constructor, forward arguments, output fields and
-state_dict keys (module names are transformers', which are the original repository's). The fused
-operations go through ``lxmert_fast.ops`` only (attention, the shared two-way cross-attention,
-dropout + residual + LayerNorm, bias + GeLU, the visual feature encoder); ``config.kernel_impl``
-picks the reference or the kernels at call time. Linear biases that precede a fused op are passed to
-it as ``x_bias`` (``F.linear(x, dense.weight)``) so the kernel fuses the bias add.
+state_dict keys. The building blocks (``lxmert_fast.modeling_layers``, re-exported here) call the
+fused operations through ``lxmert_fast.ops`` only; ``config.kernel_impl`` picks the reference or the
+kernels at call time.
 
 Differences from transformers, by design:
 - Masks are boolean key-padding masks. A query whose keys are ALL masked (e.g. an image with every
@@ -20,275 +18,15 @@ Differences from transformers, by design:
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lxmert_fast import checkpoint, ops
+from lxmert_fast import checkpoint
 from lxmert_fast.config import LxmertConfig
-from lxmert_fast.kernels import attention_ref
+from lxmert_fast.modeling_layers import (  # noqa: F401  (re-exported building blocks)
+    ACTIVATIONS, LxmertAttention, LxmertAttentionOutput, LxmertCrossAttentionLayer,
+    LxmertEmbeddings, LxmertEncoder, LxmertIntermediate, LxmertLayer, LxmertOutput, LxmertPooler,
+    LxmertSelfAttentionLayer, LxmertVisualFeatureEncoder, LxmertXLayer)
 from lxmert_fast.modeling_outputs import LxmertModelOutput
-
-_ACTIVATIONS = {
-    "gelu": F.gelu, "gelu_python": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu,
-    "tanh": torch.tanh, "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-}
-
-
-def _p(dropout: nn.Dropout) -> float:
-    """The dropout probability to pass to a fused op: 0 outside training."""
-    return dropout.p if dropout.training else 0.0
-
-
-def bias_act(x: torch.Tensor, linear: nn.Linear, act: str, impl: str) -> torch.Tensor:
-    """act(x W^T + b); the erf GeLU goes through the fused ``bias_gelu``."""
-    if act in ("gelu", "gelu_python"):
-        return ops.bias_gelu(F.linear(x, linear.weight), linear.bias, impl=impl)
-    return _ACTIVATIONS[act](linear(x))
-
-
-class LxmertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout (padding_idx 0 as the original)."""
-
-    _z3_leaf = True
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.config = config
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=0)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size,
-                                                padding_idx=0)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size,
-                                                  padding_idx=0)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, input_ids, token_type_ids, inputs_embeds=None):
-        words = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        position_ids = torch.arange(words.shape[1], device=words.device)  # (L,)
-        extra = self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
-        h = ops.dropout_add_layer_norm(words, extra, self.LayerNorm.weight, self.LayerNorm.bias,
-                                       self.LayerNorm.eps, 0.0, impl=self.config.kernel_impl)
-        return self.dropout(h)
-
-
-class LxmertAttention(nn.Module):
-    """Multi-head attention projections; q/k/v viewed as (B, L, H, D) without transposes."""
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.config = config
-        self.num_attention_heads = config.num_attention_heads
-        self.attention_head_size = config.head_dim
-        self.query = nn.Linear(config.hidden_size, config.hidden_size)
-        self.key = nn.Linear(config.hidden_size, config.hidden_size)
-        self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
-
-    def heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(*x.shape[:-1], self.num_attention_heads, self.attention_head_size)
-
-    def forward(self, hidden_states, context, key_padding_mask=None, output_attentions=False):
-        """Returns the context (B, Lq, hidden) and the probabilities (B, H, Lq, Lk) or None."""
-        q = self.heads(self.query(hidden_states))  # (B, Lq, H, D)
-        k = self.heads(self.key(context))  # (B, Lk, H, D)
-        v = self.heads(self.value(context))
-        if output_attentions:
-            out, probs = attention_ref(q, k, v, key_padding_mask, _p(self.dropout),
-                                       return_probs=True, training=self.training)
-        else:
-            out = ops.attention(q, k, v, key_padding_mask, _p(self.dropout),
-                                impl=self.config.kernel_impl)
-            probs = None
-        return out.reshape(*out.shape[:2], -1), probs
-
-
-class LxmertAttentionOutput(nn.Module):
-    """LayerNorm(dropout(dense(h)) + input), the bias fused into the LayerNorm op."""
-
-    _z3_leaf = True
-
-    def __init__(self, config: LxmertConfig, in_features: Optional[int] = None):
-        super().__init__()
-        self.config = config
-        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states, input_tensor):
-        return ops.dropout_add_layer_norm(
-            F.linear(hidden_states, self.dense.weight), input_tensor, self.LayerNorm.weight,
-            self.LayerNorm.bias, self.LayerNorm.eps, _p(self.dropout), x_bias=self.dense.bias,
-            impl=self.config.kernel_impl)
-
-
-class LxmertOutput(LxmertAttentionOutput):
-    """The FFN's output sublayer: LayerNorm(dropout(dense(intermediate)) + input)."""
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__(config, in_features=config.intermediate_size)
-
-
-class LxmertIntermediate(nn.Module):
-    """The FFN's first half: act(dense(x)), the bias fused into the GeLU op."""
-
-    _z3_leaf = True
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.config = config
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-
-    def forward(self, hidden_states):
-        return bias_act(hidden_states, self.dense, self.config.hidden_act, self.config.kernel_impl)
-
-
-class LxmertSelfAttentionLayer(nn.Module):
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.self = LxmertAttention(config)
-        self.output = LxmertAttentionOutput(config)
-
-    def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
-        ctx, probs = self.self(hidden_states, hidden_states, key_padding_mask, output_attentions)
-        return self.output(ctx, hidden_states), probs
-
-
-class LxmertCrossAttentionLayer(nn.Module):
-    """The cross-attention sublayer whose weights both directions share.
-
-    Both streams are projected in one GEMM per q/k/v (concatenated along the sequence), attend to
-    each other through ``ops.cross_attention_pair``, and share one output LayerNorm call."""
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.att = LxmertAttention(config)
-        self.output = LxmertAttentionOutput(config)
-
-    def forward(self, lang, visn, lang_mask=None, visn_mask=None, output_attentions=False):
-        att, n_lang = self.att, lang.shape[1]
-        both = torch.cat([lang, visn], dim=1)  # (B, L + N, hidden)
-        q, k, v = (att.heads(proj(both)) for proj in (att.query, att.key, att.value))
-        q_l, k_l, v_l = q[:, :n_lang], k[:, :n_lang], v[:, :n_lang]  # (B, L, H, D)
-        q_v, k_v, v_v = q[:, n_lang:], k[:, n_lang:], v[:, n_lang:]  # (B, N, H, D)
-        probs = None
-        if output_attentions:
-            out_l, probs = attention_ref(q_l, k_v, v_v, visn_mask, _p(att.dropout),
-                                         return_probs=True, training=self.training)
-            out_v = attention_ref(q_v, k_l, v_l, lang_mask, _p(att.dropout), training=self.training)
-        else:
-            out_l, out_v = ops.cross_attention_pair(q_l, k_l, v_l, q_v, k_v, v_v, lang_mask,
-                                                    visn_mask, _p(att.dropout),
-                                                    impl=att.config.kernel_impl)
-        ctx = torch.cat([out_l, out_v], dim=1).flatten(2)  # (B, L + N, hidden)
-        out = self.output(ctx, both)
-        return out[:, :n_lang], out[:, n_lang:], probs
-
-
-class LxmertLayer(nn.Module):
-    """A BERT layer (self-attention + FFN): the language and object-relationship encoders."""
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.attention = LxmertSelfAttentionLayer(config)
-        self.intermediate = LxmertIntermediate(config)
-        self.output = LxmertOutput(config)
-
-    def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
-        h, probs = self.attention(hidden_states, key_padding_mask, output_attentions)
-        return self.output(self.intermediate(h), h), probs
-
-
-class LxmertXLayer(nn.Module):
-    """A cross-modality layer: shared cross-attention, self-attention per stream, FFN per stream."""
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.visual_attention = LxmertCrossAttentionLayer(config)
-        self.lang_self_att = LxmertSelfAttentionLayer(config)
-        self.visn_self_att = LxmertSelfAttentionLayer(config)
-        self.lang_inter = LxmertIntermediate(config)
-        self.lang_output = LxmertOutput(config)
-        self.visn_inter = LxmertIntermediate(config)
-        self.visn_output = LxmertOutput(config)
-
-    def forward(self, lang, lang_mask, visn, visn_mask, output_attentions=False):
-        lang, visn, probs = self.visual_attention(lang, visn, lang_mask, visn_mask,
-                                                  output_attentions)
-        lang, _ = self.lang_self_att(lang, lang_mask)
-        visn, _ = self.visn_self_att(visn, visn_mask)
-        lang = self.lang_output(self.lang_inter(lang), lang)
-        visn = self.visn_output(self.visn_inter(visn), visn)
-        return lang, visn, probs
-
-
-class LxmertVisualFeatureEncoder(nn.Module):
-    """(LN(feats W_f + b_f) + LN(boxes W_b + b_b)) / 2, then dropout; no object index embedding."""
-
-    _z3_leaf = True
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.config = config
-        self.visn_fc = nn.Linear(config.visual_feat_dim, config.hidden_size)
-        self.visn_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.box_fc = nn.Linear(config.visual_pos_dim, config.hidden_size)
-        self.box_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, visual_feats, visual_pos):
-        return ops.visual_feat_encoder(
-            visual_feats, visual_pos, self.visn_fc.weight, self.visn_fc.bias,
-            self.visn_layer_norm.weight, self.visn_layer_norm.bias, self.box_fc.weight,
-            self.box_fc.bias, self.box_layer_norm.weight, self.box_layer_norm.bias,
-            eps=self.visn_layer_norm.eps, dropout_p=_p(self.dropout), training=self.training,
-            impl=self.config.kernel_impl)
-
-
-class LxmertEncoder(nn.Module):
-    """Language encoder (``layer``), object-relationship encoder (``r_layers``), cross-modality
-    encoder (``x_layers``). Returns hidden states per layer and, on request, attentions."""
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.config = config
-        self.visn_fc = LxmertVisualFeatureEncoder(config)
-        self.layer = nn.ModuleList([LxmertLayer(config) for _ in range(config.l_layers)])
-        self.x_layers = nn.ModuleList([LxmertXLayer(config) for _ in range(config.x_layers)])
-        self.r_layers = nn.ModuleList([LxmertLayer(config) for _ in range(config.r_layers)])
-
-    def forward(self, lang, lang_mask, visual_feats, visual_pos, visn_mask=None,
-                output_attentions=False):
-        visn = self.visn_fc(visual_feats, visual_pos)
-        lang_states, visn_states, lang_att, visn_att, cross_att = [], [], [], [], []
-        for layer in self.layer:
-            lang, probs = layer(lang, lang_mask, output_attentions)
-            lang_states.append(lang)
-            lang_att.append(probs)
-        for layer in self.r_layers:
-            visn, probs = layer(visn, visn_mask, output_attentions)
-            visn_states.append(visn)
-            visn_att.append(probs)
-        for layer in self.x_layers:
-            lang, visn, probs = layer(lang, lang_mask, visn, visn_mask, output_attentions)
-            lang_states.append(lang)
-            visn_states.append(visn)
-            cross_att.append(probs)
-        attentions = (tuple(lang_att), tuple(visn_att), tuple(cross_att)) if output_attentions \
-            else (None, None, None)
-        return (tuple(lang_states), tuple(visn_states)) + attentions
-
-
-class LxmertPooler(nn.Module):
-    """tanh(dense(h[:, 0])): the pooled output from the language [CLS] position."""
-
-    def __init__(self, config: LxmertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.activation = nn.Tanh()
-
-    def forward(self, hidden_states):
-        return self.activation(self.dense(hidden_states[:, 0]))
 
 
 def key_padding_mask(mask: Optional[torch.Tensor], shape, name: str) -> Optional[torch.Tensor]:
@@ -397,7 +135,8 @@ class LxmertModel(LxmertPreTrainedModel):
                 visual_attention_mask=None, token_type_ids=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None):
         cfg = self.config
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        output_attentions = (cfg.output_attentions if output_attentions is None
+                             else output_attentions)
         output_hidden_states = (cfg.output_hidden_states if output_hidden_states is None
                                 else output_hidden_states)
         return_dict = cfg.return_dict if return_dict is None else return_dict

@@ -49,7 +49,8 @@ def inputs(cfg: dict, batch=3, seq=7, objects=5, seed=2, pad=True):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, cfg["vocab_size"], (batch, seq), generator=gen)
     text_len = torch.tensor([seq, max(1, seq - 3), 2][:batch] + [seq] * max(0, batch - 3))
-    obj_len = torch.tensor([objects, max(1, objects - 2), 1][:batch] + [objects] * max(0, batch - 3))
+    obj_len = torch.tensor([objects, max(1, objects - 2), 1][:batch]
+                           + [objects] * max(0, batch - 3))
     attention_mask = (torch.arange(seq)[None] < text_len[:, None]).long()
     visual_attention_mask = (torch.arange(objects)[None] < obj_len[:, None]).float()
     out = dict(input_ids=ids * attention_mask,

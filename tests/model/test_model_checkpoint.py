@@ -11,7 +11,8 @@ import lxmert_fast
 from lxmert_fast import (LxmertConfig, LxmertForNLVR2, LxmertForPreTraining,
                          LxmertForQuestionAnswering, LxmertModel)
 from lxmert_fast.checkpoint import CheckpointError, load_original_state_dict
-from lxmert_model_testutil import SMALL, inputs, max_diff, one_thread, pair, randomize_  # noqa: F401
+from lxmert_model_testutil import (SMALL, inputs, max_diff, one_thread,  # noqa: F401
+                                   pair, randomize_)
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,8 +159,12 @@ def test_original_finetuned_checkpoint_maps(cls):
 
 def test_original_checkpoint_errors_and_layernorm_names():
     src = randomize_(LxmertModel(LxmertConfig(**CFG)), seed=4)
-    original = {("bert." + k).replace("LayerNorm.weight", "LayerNorm.gamma")
-                .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in src.state_dict().items()}
+    renamed = {"LayerNorm.weight": "LayerNorm.gamma", "LayerNorm.bias": "LayerNorm.beta"}
+    original = {}
+    for key, value in src.state_dict().items():
+        for old, new in renamed.items():
+            key = key.replace(old, new)
+        original["bert." + key] = value
     dst = LxmertModel(LxmertConfig(**CFG))
     load_original_state_dict(dst, original)  # gamma/beta (old BERT names) map to weight/bias
     assert max_diff(dst.embeddings.LayerNorm.bias, src.embeddings.LayerNorm.bias) == 0

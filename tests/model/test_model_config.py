@@ -74,7 +74,8 @@ def test_transformers_reads_our_config(tmp_path):
 def test_unknown_key_is_named_with_the_nearest_field(key, hint):
     with pytest.raises(ValueError, match=f"unknown key '{key}'") as err:
         LxmertConfig.from_dict({key: 1})
-    assert (f"did you mean {hint}?" in str(err.value)) if hint else "did you mean" not in str(err.value)
+    message = str(err.value)
+    assert (f"did you mean {hint}?" in message) if hint else "did you mean" not in message
 
 
 def test_unknown_key_in_a_file_names_the_file(tmp_path):

@@ -81,7 +81,8 @@ def test_nlvr2_concatenates_the_two_pooled_outputs():
     assert out.logits.shape == (3, 2) and max_diff(out.logits, expected) <= 1e-5
     assert abs(out.loss.item() - F.cross_entropy(expected, labels).item()) <= 1e-5
     assert out.language_hidden_states[0].shape[0] == 6
-    with pytest.raises(ValueError, match=r"visual_feats shape \(3, 5, 32\), expected \(B, 2, N, 32\)"):
+    with pytest.raises(ValueError,
+                       match=r"visual_feats shape \(3, 5, 32\), expected \(B, 2, N, 32\)"):
         model(**text, visual_feats=pairs[0]["visual_feats"], visual_pos=stack["visual_pos"])
 
 
@@ -213,3 +214,12 @@ def test_modules_read_only_parameters_they_gather_under_zero3(attentions):
         hook.remove()
     assert max_diff(got, expected) == 0.0
     assert all(p.numel() == 0 for p in model.parameters())
+
+
+def test_half_precision_features_are_cast_to_the_weight_dtype():
+    model = _model(LxmertModel)
+    x = inputs(CFG)
+    with torch.no_grad():
+        a = model(**x).pooled_output
+        b = model(**{**x, "visual_feats": x["visual_feats"].half()}).pooled_output
+    assert max_diff(a, b) <= 1e-2 and b.dtype == torch.float32
