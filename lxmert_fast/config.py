@@ -155,25 +155,7 @@ class LxmertConfig:
     @classmethod
     def from_dict(cls, config_dict: Dict[str, Any], **overrides) -> "LxmertConfig":
         """Build from a (transformers-format) dict; unknown keys raise naming the key."""
-        merged = {**config_dict, **overrides}
-        names = cls.field_names()
-        kwargs = {}
-        for key, value in merged.items():
-            if key in names:
-                kwargs[key] = value
-            elif key not in IGNORED_KEYS:
-                near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-                hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise ValueError(f"LxmertConfig: unknown key {key!r}{hint}")
-        model_type = merged.get("model_type", MODEL_TYPE)
-        if model_type != MODEL_TYPE:
-            raise ValueError(f"LxmertConfig: model_type={model_type!r}, expected {MODEL_TYPE!r}")
-        config = cls(**kwargs)
-        layers = merged.get("num_hidden_layers")
-        if isinstance(layers, dict) and layers != config.num_hidden_layers:
-            raise ValueError(f"LxmertConfig: num_hidden_layers={layers} disagrees with "
-                             f"l_layers/x_layers/r_layers = {config.num_hidden_layers}")
-        return config
+        return cls(**{**config_dict, **overrides})
 
     @classmethod
     def from_json_file(cls, path: str, **overrides) -> "LxmertConfig":
@@ -215,3 +197,36 @@ class LxmertConfig:
             f.write(self.to_json_string())
         os.replace(tmp, path)
         return path
+
+
+def _split_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The field kwargs; transformers' extra keys are checked and dropped, others raise."""
+    names = LxmertConfig.field_names()
+    known = {}
+    for key, value in kwargs.items():
+        if key in names:
+            known[key] = value
+        elif key not in IGNORED_KEYS:
+            near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"LxmertConfig: unknown key {key!r}{hint}")
+    model_type = kwargs.get("model_type", MODEL_TYPE)
+    if model_type != MODEL_TYPE:
+        raise ValueError(f"LxmertConfig: model_type={model_type!r}, expected {MODEL_TYPE!r}")
+    return known
+
+
+_dataclass_init = LxmertConfig.__init__
+
+
+def _init(self, *args, **kwargs):
+    """Like transformers: keyword arguments may include the keys transformers writes."""
+    _dataclass_init(self, *args, **_split_kwargs(kwargs))
+    layers = kwargs.get("num_hidden_layers")
+    if isinstance(layers, dict) and layers != self.num_hidden_layers:
+        raise ValueError(f"LxmertConfig: num_hidden_layers={layers} disagrees with "
+                         f"l_layers/x_layers/r_layers = {self.num_hidden_layers}")
+
+
+_init.__doc__ = LxmertConfig.__doc__
+LxmertConfig.__init__ = _init

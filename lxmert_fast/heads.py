@@ -31,11 +31,11 @@ class LxmertPredictionHeadTransform(nn.Module):
     def __init__(self, config: LxmertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = ACTIVATIONS[config.hidden_act]
+        self.transform_act_fn = ACTIVATIONS[config.hidden_act]
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states):
-        return self.LayerNorm(self.act(self.dense(hidden_states)))
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
 
 
 class LxmertLMPredictionHead(nn.Module):

@@ -124,3 +124,12 @@ def test_to_dict_round_trip_and_overrides():
     assert data["model_type"] == "lxmert" and data["num_hidden_layers"]["language"] == 9
     assert LxmertConfig.from_dict(data) == config
     assert LxmertConfig.from_dict(data, kernel_impl="torch").kernel_impl == "torch"
+
+
+def test_constructor_accepts_transformers_keys_and_names_unknown_ones():
+    config = LxmertConfig(torch_dtype="float32", transformers_version="5.0.0", l_layers=3,
+                          num_hidden_layers={"language": 3, "vision": 5, "cross_encoder": 5})
+    assert config.l_layers == 3
+    with pytest.raises(ValueError, match="unknown key 'x_layer'; did you mean 'x_layers'"):
+        LxmertConfig(x_layer=2)
+    assert LxmertConfig(30000, 96, 3).hidden_size == 96  # positional, in transformers' order
