@@ -30,6 +30,8 @@ def build(args, info):
 
     ds_config = runner.load_ds_config(args, info["device"], info["world_size"])
     ckpt = Checkpointer(args.output_dir, args.keep_last)
+    if args.eval_only and args.resume and not ckpt.latest_tag():
+        raise FileNotFoundError(f"--eval_only --resume: no checkpoint in {ckpt.dir}")
     if ckpt.latest_tag() and not (args.resume or args.eval_only):
         raise FileExistsError(f"{args.output_dir} already holds checkpoints: pass --resume to "
                               f"continue that run, or choose another --output_dir")

@@ -63,6 +63,9 @@ class FinetuneArgs(cli.RunArgs):
             raise ValueError("--loss=bce: NLVR2 is trained with cross-entropy (as the original)")
         if self.head_unmatched not in ("fresh", "zero"):
             raise ValueError(f"--head_unmatched={self.head_unmatched!r}: 'fresh' or 'zero'")
+        if self.eval_only and not (self.from_pretrained or self.resume):
+            raise ValueError("--eval_only needs a model: --from_pretrained DIR (a fine-tuned "
+                             "model) or --resume (the latest checkpoint in --output_dir)")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"--epochs={self.epochs} must be > 0")
         cli._positive(self, "batch_size", "eval_batch_size", "num_images", "hidden_size",

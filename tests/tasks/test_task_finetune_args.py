@@ -41,9 +41,10 @@ def test_ds_config_lr_wins_over_recipe(tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (("--task", "nlvr2", "--loss", "bce"), "NLVR2 is trained with cross-entropy"),
     (("--task", "vqa", "--valid_json", "v"), "without --features --train_json"),
-    (("--task", "vqa", "--valid_json", "v", "--features", "f", "--eval_only"),
+    (("--task", "vqa", "--valid_json", "v", "--features", "f", "--eval_only", "--resume"),
      "needs --ans2label"),
     (("--task", "vqa", "--epochs", "0"), "--epochs=0.0 must be > 0"),
+    (("--task", "vqa", "--eval_only"), "--eval_only needs a model"),
     (("--task", "vqa", "--max_seq_len", "2"), "--max_seq_len=2 must be >= 3"),
     (("--task", "vqa", "--warmup_ratio", "1.5"), "--warmup_ratio=1.5"),
 ])
