@@ -26,7 +26,9 @@ except Exception:  # pragma: no cover - depends on the install
     class _NoTriton:
         """Stand-in for ``triton`` and ``triton.language``: decorators pass functions through."""
 
-        constexpr = object
+        @staticmethod
+        def constexpr(value=None):
+            return value
 
         @staticmethod
         def jit(fn=None, **_):

@@ -273,8 +273,11 @@ def _blocks(Lq, Lk, D):
     return min(next_pow2(Lq, 16), MAX_BQ), min(next_pow2(Lk, 16), max(16, BLOCK_ELEMS // bd)), bd
 
 
-def _num_warps(bq, bk, bd):
-    return 4 if max(bq * bk, bk * bd) <= 4096 else 8
+def _num_warps(bq, bk, bd, backward):
+    """Warps per program (sized with ptxas for sm_90, see the module docstring): the backward
+    holds k, v, dk, dv and five (BQ, BK) tiles, twice the forward's registers."""
+    elems = max(bq * bk, bk * bd)
+    return 8 if elems > 4096 or (backward and elems >= 2048) else 4
 
 
 def _lastdim_contiguous(t):
@@ -301,7 +304,7 @@ def _dir_args(q, k, v, mask, o, lse, rng0):
             k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), *sm, rng0]
 
 
-def _launch_meta(dirs):
+def _launch_meta(dirs, backward=False):
     """Per-direction constexprs, RNG counter bases and the launch options."""
     metas, rng0, warps = [], 0, 4
     for q, k, _, mask in dirs:
@@ -309,7 +312,7 @@ def _launch_meta(dirs):
         bq, bk, bd = _blocks(Lq, k.shape[1], D)
         metas.append((mask is not None, bq, bk, bk >= k.shape[1], rng0))
         rng0 += B * H * Lq * k.shape[1]
-        warps = max(warps, _num_warps(bq, bk, bd))
+        warps = max(warps, _num_warps(bq, bk, bd, backward))
     if rng0 >= 2 ** 31:
         raise ValueError(f"attention: B*H*Lq*Lk = {rng0} element counters exceed int32")
     return metas, dict(num_warps=warps, num_stages=1 if all(m[3] for m in metas) else 2), bd
@@ -344,7 +347,7 @@ def attention_backward(dirs, outs, lses, douts, scale, p, seed):
               torch.empty(k.shape, dtype=k.dtype, device=k.device)) for q, k, _, _ in dirs]
     if B * H == 0:
         return grads
-    metas, opts, bd = _launch_meta(dirs)
+    metas, opts, bd = _launch_meta(dirs, backward=True)
     args, cexp = [], []
     for d, o, lse, do, g, m in zip(dirs, outs, lses, douts, grads, metas):
         do = _lastdim_contiguous(do)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from ._impl import check_tensors, next_pow2, sm_count, tl, triton, use_kernel
 
-_SQRT1_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
+_SQRT1_2 = tl.constexpr(0.7071067811865476)  # globals read by kernels must be constexpr
+_INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 def bias_gelu_ref(x, bias, upcast=False):
