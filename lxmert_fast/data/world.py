@@ -76,12 +76,12 @@ class World:
         return TsvFeatures([self.features_tsv])
 
     def sentences(self) -> Iterator[str]:
-        """Every sentence of the pretraining records (the corpus for a trained vocab)."""
-        for name in ("pretrain_train", "pretrain_valid"):
-            with open(self.splits[name]) as f:
-                for rec in json.load(f):
-                    for sents in rec["sentf"].values():
-                        yield from sents
+        """Every sentence of the training images' pretraining records (the corpus for a trained
+        vocab: held-out sentences stay unseen)."""
+        with open(self.splits["pretrain_train"]) as f:
+            for rec in json.load(f):
+                for sents in rec["sentf"].values():
+                    yield from sents
 
 
 def num_valid_images(num_images: int) -> int:
