@@ -147,7 +147,7 @@ def _add_mfu(info):
 def check_losses_match(setting, batch):
     """Same weights, dropout off: lxmert_fast's losses against transformers' in the same run.
     fp32 must agree closely; at the low dtype ours must be within twice transformers' own error
-    against fp32 (plus 0.1%). Returns the figures and the transformers model."""
+    against fp32 (plus 0.2% of the loss). Returns the figures and the transformers model."""
     hf = build("hf_eager", setting).eval()
     ours = build("ours", setting).eval()
     ours.load_state_dict(hf.state_dict())
@@ -168,7 +168,7 @@ def check_losses_match(setting, batch):
             with _autocast(setting):
                 hf_lp, ours_lp = hf(**batch).loss.float(), ours(**batch).loss.float()
             hf_err, ours_err = (hf_lp - ref).abs().item(), (ours_lp - ref).abs().item()
-            bound = 2 * hf_err + 1e-3 * ref.abs().item()
+            bound = 2 * hf_err + 2e-3 * ref.abs().item()
             assert ours_err <= bound, (f"{setting.amp_dtype} loss: ours {ours_lp.item():.5f}, "
                                        f"transformers {hf_lp.item():.5f}, fp32 {ref.item():.5f}")
             figures.update(loss_err_ours_lowp=ours_err, loss_err_hf_lowp=hf_err)
