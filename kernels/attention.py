@@ -16,7 +16,13 @@ Limits: any Lq, Lk >= 1. Rows of up to ``BK`` keys (128 at head dim 64, 64 at he
 held whole; longer rows are processed in key blocks with an online softmax (forward) and a second
 loop nest for dq (backward), so 512 and beyond run in the kernel. Head dims up to 256 (any, padded
 to a power of two); larger head dims fall back to the reference, as do dtypes other than
-float32/float16/bfloat16 under impl="auto" (impl="triton" raises for them). Element counters are int32: B*H*Lq*Lk must stay below 2**31.
+float32/float16/bfloat16 under impl="auto" (impl="triton" raises for them). Element counters
+are int32: B*H*Lq*Lk must stay below 2**31 (checked).
+
+Launch configuration (ptxas for sm_90, tests/kernels/kernel_sm90_compile.py; not yet timed on a
+GPU): LXMERT's shapes use BQ=32/BK=64 (20 queries on 36 objects) or BQ=64/BK=32, BD=64, one
+stage; the forward runs 4 warps (~220 registers, no spills), the backward 8 warps (~254
+registers, no spills; with 4 it spills). ``_num_warps`` and ``BLOCK_ELEMS`` are the knobs.
 """
 import math
 from typing import Optional, Tuple
