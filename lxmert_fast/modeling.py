@@ -11,9 +11,12 @@ Differences from transformers, by design:
   average over the padded keys. Rows with at least one real key agree.
 - With ``output_attentions`` the probabilities are reported before attention dropout (transformers
   reports them after); in eval mode they are identical.
-- ZeRO-3: modules whose forward reads a child's weights directly (to fuse a bias) set
-  ``_z3_leaf = True`` so DeepSpeed gathers their parameters as one unit; every other module reads
-  only its own parameters. The tied MLM decoder is an ``nn.Linear`` sharing the word embedding.
+- ZeRO-3: a parameter is only ever read inside the forward of the module that owns it or of an
+  ancestor (a sublayer passing its ``dense`` weight to a fused op); DeepSpeed registers the latter
+  as external parameters of the reading module on first access, in forward and backward. No
+  module is marked a ZeRO-3 "leaf": DeepSpeed reduces a leaf's gradients from a module backward
+  hook, which fires too early for modules whose inputs need no gradient (the embeddings).
+  The tied MLM decoder is an ``nn.Linear`` sharing the word embedding, as in transformers.
 """
 from typing import Optional
 

@@ -4,8 +4,9 @@ attention sublayers, BERT layers, the cross-modality layer, the visual feature e
 Module and parameter names are transformers' (which are the original repository's), so state_dict
 keys match. The fused operations go through ``lxmert_fast.ops`` only; ``config.kernel_impl`` picks
 the reference or the kernels at call time. A linear bias that precedes a fused op is passed to it
-as ``x_bias`` (``F.linear(x, dense.weight)``) so the kernel fuses the bias add; such modules set
-``_z3_leaf = True`` so ZeRO-3 gathers their children's parameters for their forward.
+as ``x_bias`` (``F.linear(x, dense.weight)``) so the kernel fuses the bias add. Such a module
+reads its children's parameters inside its own forward; DeepSpeed ZeRO-3 detects that access and
+registers them as the module's external parameters (gathered for its forward and backward).
 """
 from typing import Optional
 
@@ -39,8 +40,6 @@ def bias_act(x: torch.Tensor, linear: nn.Linear, act: str, impl: str) -> torch.T
 class LxmertEmbeddings(nn.Module):
     """Word + position + token-type embeddings, LayerNorm, dropout (padding_idx 0, as the
     original)."""
-
-    _z3_leaf = True
 
     def __init__(self, config: LxmertConfig):
         super().__init__()
@@ -96,8 +95,6 @@ class LxmertAttention(nn.Module):
 class LxmertAttentionOutput(nn.Module):
     """LayerNorm(dropout(dense(h)) + input), the bias fused into the LayerNorm op."""
 
-    _z3_leaf = True
-
     def __init__(self, config: LxmertConfig, in_features: Optional[int] = None):
         super().__init__()
         self.config = config
@@ -121,8 +118,6 @@ class LxmertOutput(LxmertAttentionOutput):
 
 class LxmertIntermediate(nn.Module):
     """The FFN's first half: act(dense(x)), the bias fused into the GeLU op."""
-
-    _z3_leaf = True
 
     def __init__(self, config: LxmertConfig):
         super().__init__()
@@ -214,8 +209,6 @@ class LxmertXLayer(nn.Module):
 
 class LxmertVisualFeatureEncoder(nn.Module):
     """(LN(feats W_f + b_f) + LN(boxes W_b + b_b)) / 2, then dropout; no object index embedding."""
-
-    _z3_leaf = True
 
     def __init__(self, config: LxmertConfig):
         super().__init__()

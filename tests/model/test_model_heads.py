@@ -1,6 +1,6 @@
 """Behaviour beyond transformers parity: per-loss outputs, the original's options (soft-score BCE,
 weighted object losses), the NLVR2 pair head, output access, input validation, masking edge
-cases and the ZeRO-3 rule that a module's forward reads only the parameters it gathers."""
+cases."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -172,48 +172,6 @@ def test_resize_num_qa_labels_keeps_rows():
     assert layer.out_features == 10 and model.config.num_qa_labels == 10
     assert max_diff(layer.weight[:7], old) == 0.0
     assert model(**inputs(CFG)).question_answering_score.shape == (3, 10)
-
-
-def _simulate_zero3(model):
-    """Parameters are empty outside the forward of the module that gathers them: its own
-    (``recurse=False``) or, for ``_z3_leaf`` modules, its whole subtree (DeepSpeed's rule)."""
-    full = {id(p): p.data for p in model.parameters()}
-    for p in model.parameters():
-        p.data = torch.empty(0)
-    hooks = []
-
-    def visit(module):
-        leaf = getattr(module, "_z3_leaf", False)
-        params = list(module.parameters(recurse=leaf))
-        if params:
-            def gather(mod, args, params=params):
-                for p in params:
-                    p.data = full[id(p)]
-
-            def release(mod, args, out, params=params):
-                for p in params:
-                    p.data = torch.empty(0)
-            hooks.extend([module.register_forward_pre_hook(gather),
-                          module.register_forward_hook(release)])
-        if not leaf:
-            for child in module.children():
-                visit(child)
-    visit(model)
-    return full, hooks
-
-
-@pytest.mark.parametrize("attentions", [False, True])
-def test_modules_read_only_parameters_they_gather_under_zero3(attentions):
-    model = _model(LxmertForPreTraining)
-    x, y = inputs(CFG), pretrain_labels(CFG)
-    with torch.no_grad():
-        expected = model(**x, **y, output_attentions=attentions).loss
-        full, hooks = _simulate_zero3(model)
-        got = model(**x, **y, output_attentions=attentions).loss
-    for hook in hooks:
-        hook.remove()
-    assert max_diff(got, expected) == 0.0
-    assert all(p.numel() == 0 for p in model.parameters())
 
 
 def test_half_precision_features_are_cast_to_the_weight_dtype():
