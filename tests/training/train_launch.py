@@ -71,7 +71,7 @@ def eval_lines(output_dir):
 
 def ds_config(tmp_dir, name, stage, micro, gas, world):
     """A repo config (configs/zero<stage>_fp32.json) with a tiny batch triple."""
-    with open(os.path.join(REPO, "configs", f"zero{stage}_fp32.json")) as f:
+    with open(os.path.join(REPO, "configs", f"zero{max(stage, 1)}_fp32.json")) as f:
         cfg = json.load(f)
     cfg.update(train_batch_size=micro * gas * world, train_micro_batch_size_per_gpu=micro,
                gradient_accumulation_steps=gas)
