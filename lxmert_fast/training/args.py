@@ -7,7 +7,7 @@ ds_config through `deepspeed.add_config_arguments`); fine-tuning subclasses it l
 """
 import argparse
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import List, Optional
 
 MODEL_SIZES = ("auto", "tiny", "small", "base")
@@ -52,7 +52,7 @@ class RunArgs:
             raise ValueError(f"--lr={self.lr} must be > 0")
         if self.kernel_impl not in KERNEL_IMPLS:
             raise ValueError(f"--kernel_impl={self.kernel_impl!r} is not one of {KERNEL_IMPLS}")
-        if self.stop_at is not None and self.max_steps is not None and self.stop_at > self.max_steps:
+        if None not in (self.stop_at, self.max_steps) and self.stop_at > self.max_steps:
             raise ValueError(f"--stop_at={self.stop_at} is beyond --max_steps={self.max_steps}")
 
 
@@ -158,4 +158,5 @@ def missing_files(args) -> List[str]:
 def check_files(args) -> None:
     missing = missing_files(args)
     if missing:
-        raise FileNotFoundError(f"{len(missing)} input file(s) not found:\n  " + "\n  ".join(missing))
+        raise FileNotFoundError(f"{len(missing)} input file(s) not found:\n  "
+                                + "\n  ".join(missing))

@@ -82,7 +82,7 @@ class Checkpointer:
             shutil.rmtree(os.path.join(self.dir, newer), ignore_errors=True)
 
     def load(self, engine, tag=None) -> dict:
-        """Load model, optimizer, scheduler, loss-scaler and this rank's RNG; return client state."""
+        """Load model, optimizer, scheduler, loss scaler and this rank's RNG -> client state."""
         tag = tag or self.latest_tag()
         if tag is None:
             raise FileNotFoundError(f"--resume: no complete checkpoint in {self.dir} "

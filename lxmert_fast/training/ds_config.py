@@ -74,7 +74,8 @@ def _check_keys(section: dict, valid, where: str, source: str) -> None:
     for key in section:
         if key not in valid:
             name = f"{where}.{key}" if where else key
-            raise DsConfigError(f"ds_config {source}: unknown key {name!r} ({_nearest(key, valid)})")
+            raise DsConfigError(f"ds_config {source}: unknown key {name!r} "
+                                f"({_nearest(key, valid)})")
 
 
 def _pydantic_fields(model) -> dict:

@@ -40,7 +40,9 @@ def setup_environment() -> dict:
             raise ValueError(f"environment variable {name}={value!r} is not a non-negative integer")
     info = {"rank": int(os.environ["RANK"]), "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
-            "device": "cuda" if on_gpu and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu" else "cpu"}
+            "device": "cpu"}
+    if on_gpu and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
+        info["device"] = "cuda"
     if info["rank"] >= info["world_size"]:
         raise ValueError(f"RANK={info['rank']} is not below WORLD_SIZE={info['world_size']}")
     if info["device"] == "cpu" and "OMP_NUM_THREADS" not in os.environ:

@@ -2,8 +2,8 @@
 
 Accuracies over the held-out examples (sharded over ranks, counts all-reduced): masked-LM
 accuracy over masked tokens, cross-modality matching accuracy, QA accuracy over matched QA
-examples (argmax vs the example's answer label); plus the mean held-out loss per task. Each comes with the accuracy
-of the constant-prediction baseline on the same examples (the most frequent label: "chance"),
+examples (argmax vs the example's answer label); plus the mean held-out loss per task. Each
+comes with the accuracy of the constant-prediction baseline on the same examples (the most frequent label: "chance"),
 so "above chance" is measured, not assumed. The held-out dataset draws its masking from
 (seed, index) alone, so every evaluation sees the same corrupted examples, and no RNG of the
 training state is consumed (dropout is off in eval mode).

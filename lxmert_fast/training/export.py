@@ -24,7 +24,8 @@ from .checkpoint import Checkpointer
 def _stage0_state_dict(tag_dir: str) -> dict:
     files = sorted(glob.glob(os.path.join(tag_dir, "mp_rank_*_model_states.pt")))
     if not files:
-        raise FileNotFoundError(f"{tag_dir} holds no DeepSpeed model states (mp_rank_*_model_states.pt)")
+        raise FileNotFoundError(f"{tag_dir} holds no DeepSpeed model states "
+                                f"(mp_rank_*_model_states.pt)")
     module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
     return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
 
@@ -63,7 +64,8 @@ def load_run_model(output_dir: str, tag: str = None):
                                                           False) else set()
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"checkpoint of {output_dir} does not fit {info['model_class']}: "
-                           f"missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+                           f"missing {sorted(set(missing) - tied)}, "
+                           f"unexpected {sorted(unexpected)}")
     model.tie_weights()
     return model, info
 

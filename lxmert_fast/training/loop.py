@@ -37,7 +37,8 @@ class Plan:
         if self.eval_steps < 0:
             raise ValueError(f"eval_steps={self.eval_steps} must be >= 0")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.total_steps:
-            raise ValueError(f"stop_at={self.stop_at} must be in [1, total_steps={self.total_steps}]")
+            raise ValueError(f"stop_at={self.stop_at} must be in "
+                             f"[1, total_steps={self.total_steps}]")
 
 
 class _MicroBatchData(torch.utils.data.Dataset):
@@ -108,7 +109,8 @@ def train(engine, sampler: ResumableBatchSampler, make_batch, forward, plan: Pla
             for i, name in enumerate(task_names):
                 if name in losses:
                     rows[m, 1 + 2 * i], rows[m, 2 + 2 * i] = losses[name].detach().item(), 1.0
-            grad_norm = _grad_norm_before_step(engine) if engine.is_gradient_accumulation_boundary() else None
+            if engine.is_gradient_accumulation_boundary():
+                grad_norm = _grad_norm_before_step(engine)
             engine.step()
         loss, losses = _reduce(rows, task_names, step)
         grad_norm = grad_norm if grad_norm is not None else engine.get_global_grad_norm()

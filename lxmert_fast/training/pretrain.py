@@ -1,8 +1,9 @@
 """LXMERT pretraining task glue for train.py: machine-dependent defaults, data, model, forward.
 
 Defaults when not given (the "runs in a few minutes on the machine at hand" rule, issue 5):
-on a CPU the `small` model (hidden 128, 2/2/2 layers), global batch 32 and 350 steps (~2-4 min
-on two cores); on GPUs the full `base` model (768, 9/5/5) in bf16 ZeRO-2, batch 256, 1000 steps.
+on a CPU the `small` model (hidden 128, 2/2/2 layers), global batch 32, 200 steps at lr 1e-3
+(a few minutes on two cores); on GPUs the full `base` model (768, 9/5/5) in bf16 ZeRO-2, batch
+256, 1000 steps at the original lr 1e-4. A given ds_config's optimizer lr is kept.
 Without data paths the embedded synthetic world (lxmert_fast.data.world) is generated once and
 its pretraining splits are used; the QA answer table is built from the training records and
 saved with the run (answer_table.json) so a resumed run or an export uses the same ids.
@@ -19,8 +20,8 @@ MODEL_SIZES = {
     "small": (128, 4, 512, 2, 2, 2),
     "base": (768, 12, 3072, 9, 5, 5),
 }
-CPU_DEFAULTS = {"model_size": "small", "max_steps": 350, "batch_size": 32}
-GPU_DEFAULTS = {"model_size": "base", "max_steps": 1000, "batch_size": 256}
+CPU_DEFAULTS = {"model_size": "small", "max_steps": 200, "batch_size": 32, "lr": 1e-3}
+GPU_DEFAULTS = {"model_size": "base", "max_steps": 1000, "batch_size": 256, "lr": 1e-4}
 TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa")
 
 
@@ -33,6 +34,8 @@ def resolve_defaults(args, device: str) -> None:
         args.max_steps = defaults["max_steps"]
     if args.batch_size is None:
         args.batch_size = defaults["batch_size"]
+    if args.lr is None and not args.deepspeed_config:
+        args.lr = defaults["lr"]
     if args.save_steps is None:
         args.save_steps = max(1, args.max_steps // 4)
     if args.num_workers is None:
@@ -78,7 +81,8 @@ def build_data(args) -> PretrainData:
 
         world = ensure_world(seed=0, num_images=args.num_images, vocab=args.vocab)
         train_json, valid_json = [world.splits["pretrain_train"]], [world.splits["pretrain_valid"]]
-        features, vocab, source = world.open_features(), world.vocab, f"synthetic world {world.root}"
+        features, vocab = world.open_features(), world.vocab
+        source = f"synthetic world {world.root}"
     else:
         train_json, valid_json = args.train_json, args.valid_json
         features, vocab, source = _open_features(args.features), resolve_vocab(args.vocab), \

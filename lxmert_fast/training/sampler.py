@@ -33,8 +33,8 @@ class ResumableBatchSampler:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is not in [0, world_size={world_size})")
         if num_examples < self.global_batch:
-            raise ValueError(f"the dataset has {num_examples} examples, fewer than one global batch "
-                             f"of {self.global_batch} (train_batch_size)")
+            raise ValueError(f"the dataset has {num_examples} examples, fewer than one global "
+                             f"batch of {self.global_batch} (train_batch_size)")
         self.steps_per_epoch = num_examples // self.global_batch
         self._perm_epoch, self._perm = -1, None
 

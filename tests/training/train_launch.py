@@ -24,29 +24,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_env(cache_dir: str, threads: int) -> dict:
+def run_env(cache_dir, threads) -> dict:
+    """The test's environment minus rank variables; None leaves a setting at its default."""
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARS}
-    env.update(LXMERT_FAST_CACHE=cache_dir, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1",
-               DS_ACCELERATOR="cpu")
+    env["PYTHONUNBUFFERED"] = "1"
+    if cache_dir is not None:
+        env["LXMERT_FAST_CACHE"] = cache_dir
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu")
     return env
 
 
-def command(args, ranks: int):
-    if ranks == 1:
+def command(args, ranks: int, launcher: bool):
+    if ranks == 1 and not launcher:
         return [sys.executable, TRAIN, *args]
-    launcher = shutil.which("deepspeed")
-    head = [launcher] if launcher else [sys.executable, "-m", "deepspeed.launcher.runner"]
+    exe = shutil.which("deepspeed")
+    head = [exe] if exe else [sys.executable, "-m", "deepspeed.launcher.runner"]
+    if ranks == 1:
+        return head + ["--master_port", str(free_port()), TRAIN, *args]
     return head + ["--num_gpus", str(ranks), "--master_port", str(free_port()), TRAIN, *args]
 
 
-def start(args, cache_dir, ranks=1):
-    return subprocess.Popen(command(args, ranks), env=run_env(cache_dir, 2 // ranks or 1),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO, start_new_session=True)
+def start(args, cache_dir, ranks=1, launcher=False, defaults=False):
+    env = run_env(cache_dir, None if defaults else max(1, 2 // ranks))
+    return subprocess.Popen(command(args, ranks, launcher), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
 
 
-def run(args, cache_dir, ranks=1, timeout=600, check=True):
-    proc = start(args, cache_dir, ranks)
+def run(args, cache_dir, ranks=1, timeout=600, check=True, launcher=False, defaults=False):
+    proc = start(args, cache_dir, ranks, launcher, defaults)
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
