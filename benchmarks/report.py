@@ -6,7 +6,8 @@ and a PNG bar chart of fast vs baseline per benchmark (baseline = 1).
 
 Rows follow ``benchmarks.common.record``: within one ``group``, a row whose extra_info ``role`` is
 "fast" names its ``baselines``; ratio = baseline median / fast median (> 1 means faster). A
-baseline missing from the JSON falls back to the ``ratio_vs_<name>`` recorded in the run.
+baseline missing from the JSON falls back to the ``ratio_vs_<name>`` recorded in the run. Where a
+row also timed its baseline A B A B (``interleaved_ratio``, CPU runs), that ratio is shown too.
 """
 import argparse
 import json
@@ -98,9 +99,13 @@ def markdown(rows: List[dict]) -> str:
         base = c["baseline"]
         base_fig = _headline(base["info"])[1] if base else None
         figure = f"{_fig(fast_fig)} / {_fig(base_fig)} {name}" if name else "-"
+        ratio = f"{c['ratio']:.2f}x"
+        info = c["fast"]["info"]
+        if info.get("interleaved_baseline") == c["baseline_name"] and info.get("interleaved_ratio"):
+            ratio += f" (A/B {float(info['interleaved_ratio']):.2f}x)"
         lines.append(f"| {c['group']} | {c['fast']['variant']} | {c['baseline_name']} | "
                      f"{_time(c['fast']['median'])} | {_time(base['median'] if base else None)} | "
-                     f"{c['ratio']:.2f}x | {figure} | {c['fast']['device']} |")
+                     f"{ratio} | {figure} | {c['fast']['device']} |")
     lines += ["", "All measurements (median):", "",
               "| benchmark | variant | time | figure | device |", "| --- | --- | --- | --- | --- |"]
     for r in rows:

@@ -199,7 +199,8 @@ def test_pretrain_step(benchmark, quick, variant):
     loss = _run(benchmark, step, setting)
     assert torch.isfinite(loss).item(), f"{variant}: loss {loss.item()} is not finite"
     if reference is not None:  # CPU machines are often shared: also compare A B A B
-        figures.update(interleaved_ratio(step, train_step(reference, batch, None, setting), 2))
+        figures.update(interleaved_ratio(step, train_step(reference, batch, None, setting), 2),
+                       interleaved_baseline="hf_eager")
     info = record(benchmark, shapes=setting.shapes, samples=setting.batch,
                   flops=3 * forward_flops(model.config, setting.seq_len, setting.num_boxes)
                   * setting.batch,
@@ -230,7 +231,8 @@ def test_inference_forward(benchmark, quick, variant):
     if variant == "ours" and setting.name == "cpu":  # shared CPU machines: also A B A B
         reference = build("hf_eager", setting, task="model").eval()
         with torch.no_grad():
-            figures = interleaved_ratio(forward, lambda: reference(**inputs), 2)
+            figures = dict(interleaved_ratio(forward, lambda: reference(**inputs), 2),
+                           interleaved_baseline="hf_eager")
     info = record(benchmark, shapes=setting.shapes, samples=setting.batch,
                   flops=forward_flops(cfg, setting.seq_len, setting.num_boxes, heads=False)
                   * setting.batch, peak_memory_gb=cuda_peak_memory_gb(),
