@@ -26,7 +26,6 @@ setup(
     description="LXMERT as a performance-engineered training system",
     packages=find_packages(include=["lxmert_fast", "lxmert_fast.*"]) + ["lxmert_fast.kernels"],
     package_dir={"lxmert_fast.kernels": "kernels"},
-    package_data={"lxmert_fast": ["configs/*.json"]},
     ext_modules=ext_modules,
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "safetensors", "tokenizers", "tqdm"],
