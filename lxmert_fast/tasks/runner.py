@@ -14,7 +14,6 @@ from types import SimpleNamespace
 from typing import List, Optional
 
 from lxmert_fast.training import args as cli
-from lxmert_fast.training import ds_config as dsc
 from lxmert_fast.training import pretrain
 
 from .dataset import LOSSES
@@ -143,10 +142,7 @@ def plan_steps(args, num_examples: int, global_batch: int) -> None:
         raise ValueError(f"--stop_at={args.stop_at} is beyond --max_steps={args.max_steps}")
 
 
-def load_ds_config(args, device: str, world_size: int) -> dict:
-    if args.deepspeed_config:
-        return dsc.load(args.deepspeed_config, world_size)
-    return dsc.default(device, world_size, args.batch_size)
+load_ds_config = pretrain.load_ds_config  # the same rule as pretraining: given file or default
 
 
 def peak_lr(args) -> Optional[float]:
