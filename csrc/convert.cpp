@@ -92,11 +92,12 @@ void Converter::process(Chunk* c, WorkerBuffers* buf) {
     }
     if (feat_bytes > 0) {
         pwrite_full(fd_, feats, feat_bytes, kHeaderSize + c->box_begin * d * isz, tmp_);
-        // Start write-back of this block now (asynchronous), so the final fsync finds little
-        // left to flush: the disk works while later blocks are being decoded.
+        // Durable: start write-back of this block now (asynchronous), so the final fsync finds
+        // little left to flush: the disk works while later blocks are being decoded.
         // Advisory: a failure here only means the final fsync has more to do.
-        (void)::sync_file_range(fd_, off_t(kHeaderSize + c->box_begin * d * isz),
-                                off_t(feat_bytes), SYNC_FILE_RANGE_WRITE);
+        if (durable_)
+            (void)::sync_file_range(fd_, off_t(kHeaderSize + c->box_begin * d * isz),
+                                    off_t(feat_bytes), SYNC_FILE_RANGE_WRITE);
     }
 }
 

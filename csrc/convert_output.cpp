@@ -1,8 +1,11 @@
-// TSV -> feature store conversion, output side (convert.h, converter.h): the temporary file,
-// the layout of the sections (common.h), the small per-box arrays, the id index and the header
-// written after the features, then fsync, rename over the output and fsync of the directory.
+// TSV -> feature store conversion, output side (convert.h, converter.h): the temporary file
+// (after removing stale ones of dead writers), the layout of the sections (common.h), the small
+// per-box arrays, the id index and the header written after the features, then (durable) fsync,
+// rename over the output and (durable) fsync of the directory.
 // On any error the temporary file is removed; an existing output is never touched.
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +18,12 @@
 
 namespace featstore {
 namespace detail {
+
+std::pair<std::string, std::string> split_path(const std::string& path) {
+    size_t slash = path.rfind('/');
+    if (slash == std::string::npos) return {".", path};
+    return {slash == 0 ? "/" : path.substr(0, slash), path.substr(slash + 1)};
+}
 
 void Converter::stop_workers() {
     {
@@ -43,14 +52,7 @@ ConvertStats Converter::run() {
             throw_errno(p, "feature TSV " + p + " is a directory");
         }
     }
-    tmp_ = out_ + ".tmp." + std::to_string(::getpid()) + "." +
-           std::to_string(uintptr_t(this) & 0xFFFFFF);
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) {
-        std::string t = tmp_;
-        tmp_.clear();
-        throw_errno(t, "cannot create the store's temporary file " + t);
-    }
+    create_temp();
     for (int i = 0; i < threads_; ++i) workers_.emplace_back([this] { worker(); });
     try {
         for (uint32_t f = 0; f < paths_.size() && !failed(); ++f) read_file(f);
@@ -71,16 +73,29 @@ ConvertStats Converter::run() {
     return stats_;
 }
 
+void Converter::create_temp() {
+    featstore::remove_stale_temps(out_);
+    tmp_ = out_ + ".tmp." + std::to_string(::getpid()) + "." +
+           std::to_string(uintptr_t(this) & 0xFFFFFF);
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+        std::string t = tmp_;
+        tmp_.clear();
+        throw_errno(t, "cannot create the store's temporary file " + t);
+    }
+}
+
 void Converter::finish_file() {
-    if (::fsync(fd_) != 0) throw_errno(tmp_, "fsync failed");
+    if (durable_ && ::fsync(fd_) != 0) throw_errno(tmp_, "fsync failed");
     int fd = fd_;
     fd_ = -1;
     if (::close(fd) != 0) throw_errno(tmp_, "close failed");
     if (::rename(tmp_.c_str(), out_.c_str()) != 0)
         throw_errno(out_, "cannot rename " + tmp_ + " to " + out_);
     tmp_.clear();
-    std::string dir = out_.find('/') == std::string::npos ? "." : out_.substr(0, out_.rfind('/'));
-    int dfd = ::open(dir.empty() ? "/" : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!durable_) return;
+    const std::string dir = split_path(out_).first;
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         int rc = ::fsync(dfd);
         int e = errno;
@@ -137,12 +152,49 @@ void Converter::write_tail() {
 
 }  // namespace detail
 
+namespace {
+
+// The <pid> of "<prefix><pid>.<n>" (both decimal), or -1 when `name` is not such a name.
+long temp_writer_pid(std::string_view name, std::string_view prefix) {
+    if (name.size() <= prefix.size() || name.substr(0, prefix.size()) != prefix) return -1;
+    name.remove_prefix(prefix.size());
+    size_t dot = name.find('.');
+    if (dot == 0 || dot == std::string_view::npos || dot > 9 || dot + 1 == name.size())
+        return -1;
+    long pid = 0;
+    for (size_t i = 0; i < name.size(); ++i) {
+        if (i == dot) continue;
+        if (name[i] < '0' || name[i] > '9') return -1;
+        if (i < dot) pid = pid * 10 + (name[i] - '0');
+    }
+    return pid;
+}
+
+}  // namespace
+
+int remove_stale_temps(const std::string& out) {
+    auto [dir, base] = detail::split_path(out);
+    const std::string prefix = base + ".tmp.";
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return 0;  // creating the temporary file reports the problem
+    int removed = 0;
+    while (const dirent* e = ::readdir(d)) {
+        long pid = temp_writer_pid(e->d_name, prefix);
+        if (pid <= 0 || pid == long(::getpid())) continue;
+        if (::kill(pid_t(pid), 0) == 0 || errno != ESRCH) continue;  // alive (or not ours)
+        if (::unlinkat(::dirfd(d), e->d_name, 0) == 0) ++removed;
+    }
+    ::closedir(d);
+    return removed;
+}
+
 ConvertStats convert_tsv(const std::vector<std::string>& paths, const std::string& out_path,
-                         uint32_t dtype, int num_threads, const ProgressFn& progress) {
+                         uint32_t dtype, int num_threads, const ProgressFn& progress,
+                         bool durable) {
     if (dtype != kFloat16 && dtype != kFloat32)
         throw std::invalid_argument("dtype code must be 1 (float16) or 2 (float32), got " +
                                     std::to_string(dtype));
-    detail::Converter conv(paths, out_path, dtype, num_threads, progress);
+    detail::Converter conv(paths, out_path, dtype, num_threads, progress, durable);
     return conv.run();
 }
 

@@ -1,5 +1,6 @@
 // Internals of the TSV -> store converter (convert.h), shared by convert.cpp (reading thread,
-// work queue, workers) and convert_output.cpp (layout, tail sections, header, fsync + rename).
+// work queue, workers) and convert_output.cpp (temporary file, layout, tail sections, header,
+// fsync + rename).
 #pragma once
 
 #include <algorithm>
@@ -71,12 +72,15 @@ struct Chunk {
     std::vector<int64_t> objects_id, attrs_id;
 };
 
+// The directory holding `path` ("." for a bare name) and the name inside it.
+std::pair<std::string, std::string> split_path(const std::string& path);
+
 class Converter {
   public:
     Converter(const std::vector<std::string>& paths, const std::string& out, uint32_t dtype,
-              int threads, const ProgressFn& progress)
+              int threads, const ProgressFn& progress, bool durable)
         : paths_(paths), out_(out), dtype_(dtype), threads_(std::max(1, threads)),
-          progress_(progress) {}
+          progress_(progress), durable_(durable) {}
     ~Converter() { cleanup(); }
     ConvertStats run();
 
@@ -94,6 +98,7 @@ class Converter {
     bool failed();
     void stop_workers();
     void write_tail();
+    void create_temp();
     void finish_file();
     void cleanup();
 
@@ -102,6 +107,7 @@ class Converter {
     uint32_t dtype_;
     int threads_;
     const ProgressFn& progress_;
+    bool durable_;
     int fd_ = -1;
     BlockPool pool_;
     ConvertStats stats_;

@@ -2,7 +2,9 @@
 // convert() and Store.gather() release the GIL; arrays are zero-copy numpy views of the mapping
 // that keep it alive. C++ errors become Python exceptions: FormatError -> TsvFormatError,
 // StoreError -> StoreFormatError (both ValueError), IoError -> OSError with errno and filename
-// (FileNotFoundError for ENOENT).
+// (FileNotFoundError for ENOENT). Every entry point that reads the mapping first checks that the
+// file was not truncated since it was opened (Store::check_size), so that it raises instead of
+// SIGBUS.
 #include <pybind11/functional.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -26,7 +28,7 @@ void set_python_error(const char* cls, const std::string& what) {
 }
 
 py::dict convert(const std::vector<std::string>& paths, const std::string& out, uint32_t dtype,
-                 int num_threads, py::object progress) {
+                 int num_threads, py::object progress, bool durable) {
     ProgressFn fn;
     if (!progress.is_none()) {
         fn = [&progress](uint64_t bytes) {
@@ -43,7 +45,7 @@ py::dict convert(const std::vector<std::string>& paths, const std::string& out, 
     ConvertStats st;
     try {
         py::gil_scoped_release release;
-        st = convert_tsv(paths, out, dtype, num_threads, fn);
+        st = convert_tsv(paths, out, dtype, num_threads, fn, durable);
     } catch (const Aborted&) {
         throw py::error_already_set();
     }
@@ -64,6 +66,7 @@ py::array view(const Store& s, Section sec, std::vector<py::ssize_t> shape) {
 }
 
 py::dict arrays(const Store& s) {
+    s.check_size();
     const Header& h = s.header();
     auto n = py::ssize_t(h.num_images), t = py::ssize_t(h.num_boxes), d = py::ssize_t(h.feature_dim);
     py::dict a;
@@ -133,6 +136,7 @@ void gather(const Store& s, py::array_t<int64_t, py::array::c_style | py::array:
 py::array_t<int64_t> lookup_many(const Store& s, const std::vector<std::string>& ids) {
     py::array_t<int64_t> res(py::ssize_t(ids.size()));
     int64_t* r = res.mutable_data();
+    s.check_size();
     for (size_t i = 0; i < ids.size(); ++i) r[i] = s.lookup(ids[i]);
     return res;
 }
@@ -158,7 +162,9 @@ PYBIND11_MODULE(_featstore, m) {
     m.attr("FLOAT16") = kFloat16;
     m.attr("FLOAT32") = kFloat32;
     m.def("convert", &convert, py::arg("paths"), py::arg("out_path"), py::arg("dtype"),
-          py::arg("num_threads"), py::arg("progress") = py::none());
+          py::arg("num_threads"), py::arg("progress") = py::none(), py::arg("durable") = true);
+    m.def("remove_stale_temps", &remove_stale_temps, py::arg("out_path"),
+          "unlink OUT.tmp.<pid>.<n> files of dead writers (convert does it first); the count");
     m.def("b64decode", [](py::bytes data) {
         std::string s = data;
         std::vector<uint8_t> out(s.size() / 4 * 3 + 3);
@@ -182,14 +188,21 @@ PYBIND11_MODULE(_featstore, m) {
         .def_property_readonly("dtype", [](const Store& s) { return s.header().dtype; })
         .def_property_readonly("file_size", [](const Store& s) { return s.header().file_size; })
         .def("arrays", &arrays)
-        .def("lookup", [](const Store& s, const std::string& id) { return s.lookup(id); })
+        .def("check_size", &Store::check_size,
+             "StoreFormatError if the file is now shorter than the mapping (truncated)")
+        .def("lookup", [](const Store& s, const std::string& id) {
+            s.check_size();
+            return s.lookup(id);
+        })
         .def("lookup_many", &lookup_many)
         .def("id", [](const Store& s, uint64_t i) {
             if (i >= s.header().num_images) throw py::index_error("record " + std::to_string(i));
+            s.check_size();
             std::string_view v = s.id(i);
             return py::str(v.data(), v.size());
         })
         .def("ids", [](const Store& s) {
+            s.check_size();
             py::list out(s.header().num_images);
             for (uint64_t i = 0; i < s.header().num_images; ++i) {
                 std::string_view v = s.id(i);

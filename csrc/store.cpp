@@ -15,6 +15,7 @@ namespace featstore {
 
 Mapping::~Mapping() {
     if (base != nullptr) ::munmap(base, size);
+    if (fd >= 0) ::close(fd);
 }
 
 void Store::fail(const std::string& what) const {
@@ -22,9 +23,10 @@ void Store::fail(const std::string& what) const {
 }
 
 Store::Store(const std::string& path) : path_(path) {
+    map_ = std::make_shared<Mapping>();
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw_errno(path, "cannot open feature store " + path);
-    struct FdGuard { int fd; ~FdGuard() { ::close(fd); } } guard{fd};
+    map_->fd = fd;  // closed with the mapping
     struct stat st;
     if (::fstat(fd, &st) != 0) throw_errno(path, "cannot stat feature store " + path);
     if (S_ISDIR(st.st_mode)) {
@@ -52,7 +54,6 @@ Store::Store(const std::string& path) : path_(path) {
         fail("the file has " + std::to_string(actual) + " bytes, the header says " +
              std::to_string(header_.file_size) + " (trailing data)");
     validate_sections(actual);
-    map_ = std::make_shared<Mapping>();
     void* base = ::mmap(nullptr, actual, PROT_READ, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) throw_errno(path, "mmap of feature store " + path + " failed");
     map_->base = base;
@@ -103,6 +104,16 @@ void Store::validate_index() {
     if (id_offsets_[0] != 0 || id_offsets_[n] > map_->size - off)
         fail("img_id bytes lie outside the file (corrupt store)");
     sizes_[kIdBlob] = id_offsets_[n];
+}
+
+void Store::check_size() const {
+    struct stat st;
+    if (::fstat(map_->fd, &st) != 0) throw_errno(path_, "cannot stat feature store " + path_);
+    if (uint64_t(st.st_size) < map_->size)
+        fail("the file was truncated after it was opened: " + std::to_string(map_->size) +
+             " bytes expected (mapped), " + std::to_string(uint64_t(st.st_size)) +
+             " bytes now (rewritten in place? replace a store by renaming a new file over it, "
+             "then open it again)");
 }
 
 const uint8_t* Store::section(Section s) const {
@@ -172,6 +183,7 @@ void Store::gather_rows(const int64_t* idx, size_t begin, size_t end, int64_t ma
 
 void Store::gather(const int64_t* idx, size_t batch, int64_t max_boxes, const GatherOut& out,
                    int num_threads) const {
+    check_size();
     size_t threads = size_t(std::max(1, num_threads));
     threads = std::min(threads, std::max<size_t>(1, batch / 8));
     if (threads <= 1) {

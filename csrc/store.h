@@ -1,6 +1,6 @@
 // A feature store opened read-only through mmap (layout in common.h): validation on open,
-// img_id lookup by binary search over the stored sorted index, and multi-threaded gathering of
-// padded batches into caller-provided buffers.
+// img_id lookup by binary search over the stored sorted index, multi-threaded gathering of
+// padded batches into caller-provided buffers, and a size check against later truncation.
 #pragma once
 
 #include <cstdint>
@@ -12,9 +12,11 @@
 
 namespace featstore {
 
+// The mapped file and its descriptor, kept open to notice truncation (Store::check_size).
 struct Mapping {
     void* base = nullptr;
     size_t size = 0;
+    int fd = -1;
     Mapping() = default;
     Mapping(const Mapping&) = delete;
     Mapping& operator=(const Mapping&) = delete;
@@ -43,8 +45,12 @@ class Store {
     const std::shared_ptr<Mapping>& mapping() const { return map_; }
     const uint8_t* section(Section s) const;
     uint64_t section_size(Section s) const { return sizes_[s]; }
+    // Throw StoreError if the file is now shorter than the mapping (truncated after opening):
+    // reading a page past its end would raise SIGBUS. One fstat; gather() calls it, the
+    // bindings call it before lookups and views. A truncation racing a read is not caught.
+    void check_size() const;
     std::string_view id(uint64_t i) const;
-    int64_t lookup(std::string_view img_id) const;  // -1 when absent
+    int64_t lookup(std::string_view img_id) const;  // -1 when absent; no check_size
     // Rows idx[0..B) (each < num_images, checked by the caller) into `out`.
     void gather(const int64_t* idx, size_t batch, int64_t max_boxes, const GatherOut& out,
                 int num_threads) const;

@@ -1,11 +1,13 @@
 """Command line of the feature store.
 
     python -m lxmert_fast.features convert IN.tsv [IN.tsv ...] OUT [--dtype float16|float32]
-                                           [--threads N]
+                                           [--threads N] [--no-fsync]
     python -m lxmert_fast.features info OUT
 
-``convert`` shows a progress bar over the bytes of all input TSV files; ``info`` prints the
-number of images, dtype, feature dimension, boxes per image (min/mean/max) and size on disk.
+``convert`` shows a progress bar over the bytes of all input TSV files; ``--no-fsync`` leaves the
+write-back to the kernel (``convert_tsv(durable=False)``: safe against a crash of the process,
+not of the OS). ``info`` prints the number of images, dtype, feature dimension, boxes per image
+(min/mean/max) and size on disk.
 """
 import argparse
 import os
@@ -28,7 +30,7 @@ def _convert(args) -> int:
     start = time.perf_counter()
     with tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=args.quiet) as bar:
         convert_tsv(args.inputs, args.output, dtype=args.dtype, num_threads=args.threads,
-                    progress=lambda done: bar.update(done - bar.n))
+                    progress=lambda done: bar.update(done - bar.n), durable=not args.no_fsync)
     secs = time.perf_counter() - start
     store = FeatureStore(args.output)
     print(f"wrote {args.output}: {len(store)} images in {secs:.1f} s "
@@ -65,6 +67,9 @@ def main(argv=None) -> int:
     conv.add_argument("output", help="the store to write")
     conv.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
     conv.add_argument("--threads", type=int, default=None, help="decoding threads (all cores)")
+    conv.add_argument("--no-fsync", action="store_true",
+                      help="do not flush the store to disk before publishing it (faster; an OS "
+                           "crash soon after may lose or corrupt it, a process crash cannot)")
     conv.add_argument("--quiet", action="store_true", help="no progress bar")
     info = sub.add_parser("info", help="describe a feature store")
     info.add_argument("store")

@@ -30,13 +30,26 @@ def default_threads() -> int:
 
 
 def convert_tsv(tsv_paths: PathList, out_path: Union[str, os.PathLike], dtype: str = "float16",
-                num_threads: Optional[int] = None, progress=None) -> str:
+                num_threads: Optional[int] = None, progress=None, durable: bool = True) -> str:
     """Convert LXMERT TSV file(s) into a feature store at ``out_path``; returns ``out_path``.
 
     ``dtype`` is "float16" (numpy's round-to-nearest-even cast) or "float32" (exact).
     ``progress(bytes_read_total)`` is called after each block read (e.g. a tqdm update).
-    Bad input raises TsvFormatError (file, line, byte offset, img_id) or OSError; the output
-    is written under a temporary name and renamed only when complete.
+    Bad input raises TsvFormatError (file, line, byte offset, img_id) or OSError.
+
+    The store is written under a temporary name beside it (``out_path.tmp.<pid>.<n>``) and
+    renamed over ``out_path`` only when complete, so a failed or killed conversion never leaves
+    a file that looks valid and never touches an existing ``out_path``. ``durable=True`` (the
+    default) also flushes the data to disk before the rename (write-back started per block,
+    fsync) and fsyncs the directory after it: the store then survives an OS crash or power loss
+    too. ``durable=False`` skips those flushes and leaves the write-back to the kernel (faster
+    where the disk is the bottleneck): a process crash is still safe, but after an OS crash or
+    power loss before the kernel wrote the file back (typically within 30 s), ``out_path`` may
+    be missing, the previous version, or (depending on the file system) a file of the right
+    size with unwritten (zero) blocks, which opening does not detect.
+    Temporary files of ``out_path`` left by a killed conversion (their writer pid no longer
+    runs on this host) are removed first; a live writer's are kept. Do not convert to one
+    ``out_path`` from several hosts sharing the directory at once.
     """
     paths = as_path_list(tsv_paths)
     if dtype not in DTYPES:
@@ -45,13 +58,23 @@ def convert_tsv(tsv_paths: PathList, out_path: Union[str, os.PathLike], dtype: s
         num_threads = os.cpu_count() or 1
     if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
         raise ValueError(f"num_threads must be a positive int, got {num_threads!r}")
+    if not isinstance(durable, bool):
+        raise ValueError(f"durable must be a bool, got {durable!r}")
     out_path = os.fspath(out_path)
-    _featstore.convert(paths, out_path, DTYPES[dtype], num_threads, progress)
+    _featstore.convert(paths, out_path, DTYPES[dtype], num_threads, progress, durable)
     return out_path
 
 
 class FeatureStore:
-    """A converted feature store, memory-mapped read-only (CONTRACTS.md "Features" API)."""
+    """A converted feature store, memory-mapped read-only (CONTRACTS.md "Features" API).
+
+    Replace a store by renaming a new file over it (as ``convert_tsv`` does): an open store keeps
+    reading the old file. If the open file is truncated in place instead, reads would fault
+    (SIGBUS) on the missing pages: every lookup, ``store[img_id]``, ``record`` and ``gather``
+    first checks the file's size (one fstat) and raises StoreFormatError naming the file, the
+    mapped and the current size. A truncation racing a read already checked, or touching a
+    record's arrays (views of the mapping) after it, is not caught.
+    """
 
     def __init__(self, path: Union[str, os.PathLike]):
         self.path = os.fspath(path)
@@ -95,6 +118,7 @@ class FeatureStore:
 
     @property
     def boxes_per_image(self) -> np.ndarray:
+        self._store.check_size()
         return np.diff(self._arrays["box_start"]).astype(np.int64)
 
     def __len__(self) -> int:
@@ -118,6 +142,7 @@ class FeatureStore:
 
     def record(self, i: int) -> Dict:
         """Record ``i`` (store order) with TSV field names; arrays are read-only views."""
+        self._store.check_size()
         a = self._arrays
         s, e = int(a["box_start"][i]), int(a["box_start"][i + 1])
         rec = {"img_id": self._store.id(i), "img_h": int(a["img_h"][i]),
