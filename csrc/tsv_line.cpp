@@ -72,6 +72,19 @@ std::string line_location(const std::string& path, const LineJob& job) {
 }
 
 void fail_line(const std::string& path, const LineJob& job, const std::string& what) {
+    // parse_prefix does not scan the features field (most of the line) for tabs: extra fields
+    // are found here, on the error path, and reported first as tsv.py does. A tab is not base64,
+    // so a line with extra fields always ends up here (decoding its features fails at the latest).
+    size_t extra = 0;
+    const char* f = job.text + job.start[fFeatures];
+    const char* end = f + job.size[fFeatures];
+    while (f < end && (f = static_cast<const char*>(std::memchr(f, '\t', size_t(end - f))))) {
+        ++extra;
+        ++f;
+    }
+    if (extra > 0)
+        throw FormatError(line_location(path, job) + ": " + std::to_string(kNumFields + extra) +
+                          " fields, expected 10 (line truncated or malformed)");
     throw FormatError(line_location(path, job) + ": " + what);
 }
 
@@ -80,13 +93,12 @@ void parse_prefix(const std::string& path, LineJob* job) {
     size_t len = job->len;
     int nf = 0;
     size_t pos = 0;
+    // The first nine fields end at a tab; features is the rest of the line (see fail_line).
     for (;;) {
-        const void* tab = std::memchr(p + pos, '\t', len - pos);
+        const void* tab = nf < kNumFields - 1 ? std::memchr(p + pos, '\t', len - pos) : nullptr;
         size_t end = tab ? size_t(static_cast<const char*>(tab) - p) : len;
-        if (nf < kNumFields) {
-            job->start[nf] = uint32_t(pos);
-            job->size[nf] = uint32_t(end - pos);
-        }
+        job->start[nf] = uint32_t(pos);
+        job->size[nf] = uint32_t(end - pos);
         ++nf;
         if (!tab) break;
         pos = end + 1;
@@ -98,9 +110,6 @@ void parse_prefix(const std::string& path, LineJob* job) {
             missing += std::string(f > nf ? ", '" : "'") + kFieldNames[f] + "'";
         fail_line(path, *job, "missing field(s) " + missing + "] (line truncated or malformed)");
     }
-    if (nf > kNumFields)
-        fail_line(path, *job, std::to_string(nf) + " fields, expected 10 (line truncated or "
-                                                    "malformed)");
     for (size_t i = 0; i < job->size[fImgId]; ++i)
         if (static_cast<unsigned char>(p[job->start[fImgId] + i]) >= 0x80)
             fail_line(path, *job, "non-ASCII byte in img_id at column " + std::to_string(i));

@@ -36,10 +36,13 @@ struct LineJob {
 std::string line_location(const std::string& path, const LineJob& job);
 // Python's repr() of an ASCII string.
 std::string py_repr(const char* s, size_t len);
+// Throw FormatError "<location>: <what>", or the extra-fields error when the features field
+// holds a tab (that error comes first in tsv.py's order).
 [[noreturn]] void fail_line(const std::string& path, const LineJob& job, const std::string& what);
 
 // Split into fields and run the reading thread's checks (throws FormatError); sets the
-// integer fields and feature_dim. Array fields are only sized, not decoded.
+// integer fields and feature_dim. Array fields are only sized, not decoded. The features field
+// (the rest of the line after the ninth tab) is not scanned: fail_line reports extra fields.
 void parse_prefix(const std::string& path, LineJob* job);
 
 // Destinations of one line's arrays (num_boxes entries each; features num_boxes x dim).

@@ -58,6 +58,11 @@ CASES = {
     "short_array": (lambda l: _set_field(l, 8, l.split("\t")[8][4:]),
                     r"field boxes: 45 bytes, expected num_boxes=3 x 16 = 48"),
     "extra_field": (lambda l: l + "\tzzz", r"11 fields, expected 10"),
+    # the C++ reader does not scan the features field for tabs; extra fields still come first
+    "tab_in_features": (lambda l: l[:-6] + "\t" + l[-6:-3] + "\t" + l[-3:],
+                        r"12 fields, expected 10"),
+    "tab_in_features_and_bad_int": (lambda l: _set_field(l, 1, "12a") + "\t",
+                                    r"11 fields, expected 10"),
     "not_an_int": (lambda l: _set_field(l, 1, "12a"), r"field img_h='12a' is not an integer"),
     "negative": (lambda l: _set_field(l, 2, "-5"), r"field img_w=-5 is negative"),
     "zero_size": (lambda l: _set_field(l, 2, "0"), r"field img_w=0, image size must be positive"),
