@@ -6,7 +6,9 @@ measured in the same run on this machine (CPU only; nothing here needs a GPU).
   "cpp" is durable (fsync'ed before the rename: bound by the disk's write speed here) and
   "cpp-page-cache" is ``durable=False`` (left in the page cache, written back by the kernel
   later, like the Python reader's result that is never written at all). Target: >= 10x.
-  CPU milliseconds per image are recorded too (steadier on a shared machine).
+  CPU milliseconds per image are recorded too (steadier on a shared machine). Each round
+  renames over the previous round's store: on ext4 that rename itself starts write-back of the
+  new file (auto_da_alloc) and frees the old one, in both variants (as a real re-conversion).
 - gather: random-order batches of 256 images x 36 boxes x 2048 from a float16 store in the page
   cache, into reused buffers, with 1 thread and all threads (and freshly allocated buffers), vs
   ``TsvFeatures.gather`` (float32 in RAM) and against one contiguous memcpy of the same bytes
