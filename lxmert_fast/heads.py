@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lxmert_fast import modeling_losses as losses
+from lxmert_fast import modeling_resize as resize
 from lxmert_fast.config import LxmertConfig
 from lxmert_fast.modeling import LxmertModel, LxmertPreTrainedModel
 from lxmert_fast.modeling_layers import ACTIVATIONS
@@ -146,10 +147,20 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
-            self.cls.predictions.decoder.weight = self.lxmert.embeddings.word_embeddings.weight
+            decoder, words = self.cls.predictions.decoder, self.lxmert.get_input_embeddings()
+            decoder.weight = words.weight
+            decoder.out_features = words.num_embeddings
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.cls.predictions.decoder
+
+    def _resize_vocab_heads(self, size, mean_resizing):
+        """The MLM bias (zeros for added tokens) and, when untied, the decoder."""
+        predictions = self.cls.predictions
+        predictions.bias = resize.resized_bias(predictions.bias, size)
+        if not self.config.tie_word_embeddings:
+            resize.resize_linear_(predictions.decoder, size, mean_resizing,
+                                  self.config.initializer_range)
 
     def _losses(self, out, scores, labels, obj_labels, matched_label, ans):
         cfg, terms = self.config, {}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lxmert_fast import checkpoint
+from lxmert_fast import modeling_resize as resize
 from lxmert_fast.config import LxmertConfig
 from lxmert_fast.modeling_layers import (  # noqa: F401  (re-exported building blocks)
     ACTIVATIONS, LxmertAttention, LxmertAttentionOutput, LxmertCrossAttentionLayer,
@@ -77,6 +78,33 @@ class LxmertPreTrainedModel(nn.Module):
 
     def tie_weights(self):
         """Models with an MLM decoder share its weight with the word embeddings."""
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return getattr(self, self.base_model_prefix).get_input_embeddings()
+
+    def get_output_embeddings(self) -> Optional[nn.Linear]:
+        return None
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None,
+                                pad_to_multiple_of: Optional[int] = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """transformers' ``resize_token_embeddings``: the word embedding (and any vocabulary-sized
+        head) to ``new_num_tokens`` rounded up to ``pad_to_multiple_of``; old rows kept, added
+        rows initialised per ``lxmert_fast.modeling_resize``; ``config.vocab_size`` updated and the
+        MLM decoder re-tied. Both arguments None: nothing changes. Returns the embedding module."""
+        embedding = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embedding
+        size = resize.new_vocab_size(embedding.num_embeddings, new_num_tokens, pad_to_multiple_of)
+        std = self.config.initializer_range
+        resize.resize_embedding_(embedding, size, mean_resizing, std)
+        self._resize_vocab_heads(size, mean_resizing)
+        self.config.vocab_size = size
+        self.tie_weights()
+        return embedding
+
+    def _resize_vocab_heads(self, size: int, mean_resizing: bool):
+        """Resize the heads whose outputs are the vocabulary (none in the backbone)."""
 
     @property
     def device(self) -> torch.device:
