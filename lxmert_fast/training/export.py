@@ -7,7 +7,9 @@ consolidates the fp32 weights of any ZeRO stage with DeepSpeed's zero_to_fp32
 (`get_fp32_state_dict_from_zero_checkpoint`: ZeRO-1/2 master-weight partitions, ZeRO-3 parameter
 partitions; a stage-0 checkpoint's module state is used as is, upcast to fp32), loads them into
 the model class and writes `save_pretrained` (config.json + model.safetensors), plus the run's
-answer table and vocab so the directory is self-contained. Runs on CPU, no process group.
+answer tables (`ANSWER_FILES`: pretraining's answer_table.json, fine-tuning's ans2label.json /
+label2ans.json, whichever the run dir holds) and vocab so the directory is self-contained. Runs on
+CPU, no process group.
 """
 import argparse
 import glob
@@ -19,6 +21,10 @@ import sys
 import torch
 
 from .checkpoint import Checkpointer
+
+# Answer tables a run keeps in its output dir: pretraining's QA head (lxmert_fast.data.pretrain
+# AnswerTable) and a VQA/GQA fine-tuning's label tables (lxmert_fast.tasks.answers).
+ANSWER_FILES = ("answer_table.json", "ans2label.json", "label2ans.json")
 
 
 def _stage0_state_dict(tag_dir: str) -> dict:
@@ -70,14 +76,32 @@ def load_run_model(output_dir: str, tag: str = None):
     return model, info
 
 
+def run_vocab(info: dict):
+    """The vocab.txt a run used: train.py records it as run.json's "vocab", finetune.py in its
+    "data" sources."""
+    data = info.get("data")
+    return info.get("vocab") or (data.get("vocab") if isinstance(data, dict) else None)
+
+
+def copy_answer_tables(output_dir: str, export_dir: str) -> list:
+    """Copy the run's answer tables (those of `ANSWER_FILES` it holds) into `export_dir`;
+    returns the names copied."""
+    copied = []
+    for name in ANSWER_FILES:
+        src = os.path.join(output_dir, name)
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(export_dir, name))
+            copied.append(name)
+    return copied
+
+
 def export(output_dir: str, export_dir: str, tag: str = None) -> str:
     model, info = load_run_model(output_dir, tag)
     model.save_pretrained(export_dir)
-    table = os.path.join(output_dir, "answer_table.json")
-    if os.path.exists(table):
-        shutil.copyfile(table, os.path.join(export_dir, "answer_table.json"))
-    if info.get("vocab") and os.path.exists(info["vocab"]):
-        shutil.copyfile(info["vocab"], os.path.join(export_dir, "vocab.txt"))
+    copy_answer_tables(output_dir, export_dir)
+    vocab = run_vocab(info)
+    if vocab and os.path.exists(vocab):
+        shutil.copyfile(vocab, os.path.join(export_dir, "vocab.txt"))
     return export_dir
 
 
