@@ -63,12 +63,36 @@ json.dump({"cases": results, "b64_mismatches": b64}, open(sys.argv[3], "w"))
 """
 
 
+B64_FIELDS = [3, 4, 5, 6, 8, 9]  # objects_id/conf, attrs_id/conf, boxes, features
+INT_FIELDS = [1, 2, 7]           # img_h, img_w, num_boxes
+NUM_OPS = 9
+
+
+def _applicable_ops(line: str, parts: list) -> list:
+    """The mutations that can act on ``line`` (a line already cut short or stripped of tabs by
+    an earlier mutation has fewer fields, or none)."""
+    ops = [7]                                    # duplicate the line: always possible
+    if line:
+        ops += [0, 1]                            # truncate, flip bytes
+    if "\t" in line:
+        ops += [2, 5, 8]                         # drop a tab, odd integer, swap two fields
+    if len(parts) > B64_FIELDS[0]:
+        ops += [3, 4, 6]                         # base64 junk, mis-sized base64, padding
+    return sorted(ops)
+
+
 def _mutate(rng, lines):
+    """One random corruption of one line of ``lines`` (a new list). Works on any line, also
+    one that earlier mutations left short; on a full line the draws are those of a plain
+    ``rng.integers(0, NUM_OPS)`` op choice, so a given seed keeps its cases."""
     lines = list(lines)
     k = int(rng.integers(0, len(lines)))
     line = lines[k]
     parts = line.split("\t")
-    op = int(rng.integers(0, 9))
+    op = int(rng.integers(0, NUM_OPS))
+    ops = _applicable_ops(line, parts)
+    if op not in ops:
+        op = ops[int(rng.integers(0, len(ops)))]
     if op == 0:
         line = line[: int(rng.integers(0, len(line)))]
     elif op == 1:
@@ -81,7 +105,7 @@ def _mutate(rng, lines):
         t = tabs[int(rng.integers(0, len(tabs)))]
         line = line[:t] + line[t + 1:]
     elif op in (3, 4, 6):
-        f = int(rng.choice([3, 4, 5, 6, 8, 9]))
+        f = int(rng.choice([f for f in B64_FIELDS if f < len(parts)]))
         v = parts[f]
         a = int(rng.integers(0, len(v) + 1))
         if op == 3:
@@ -95,12 +119,13 @@ def _mutate(rng, lines):
         parts[f] = v
         line = "\t".join(parts)
     elif op == 5:
-        parts[int(rng.choice([1, 2, 7]))] = str(rng.choice(INT_VALUES))
+        parts[int(rng.choice([f for f in INT_FIELDS if f < len(parts)]))] = \
+            str(rng.choice(INT_VALUES))
         line = "\t".join(parts)
     elif op == 7:
         lines.insert(int(rng.integers(0, len(lines))), line)
     else:
-        i, j = rng.choice(10, 2, replace=False)
+        i, j = rng.choice(len(parts), 2, replace=False)
         parts[i], parts[j] = parts[j], parts[i]
         line = "\t".join(parts)
     lines[k] = line
