@@ -21,7 +21,7 @@ FIGURES = ("samples/s", "images/s", "TFLOP/s", "GB/s")  # first present is the h
 def load_rows(paths: List[str]) -> List[dict]:
     """One dict per benchmark (group, variant, median seconds, extra_info) from the JSON files."""
     rows = []
-    for path in paths:
+    for run, path in enumerate(paths):
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -38,6 +38,7 @@ def load_rows(paths: List[str]) -> List[dict]:
                 "median": float(b["stats"]["median"]),
                 "info": info,
                 "device": info.get("device") or _machine(data),
+                "run": run,
             })
     return rows
 
@@ -55,14 +56,15 @@ def _headline(info: dict):
 
 
 def comparisons(rows: List[dict]) -> List[dict]:
-    """Each fast row against each baseline it names, in file order."""
-    index = {(r["group"], r["variant"]): r for r in rows}
+    """Each fast row against each baseline it names, in file order. The baseline is taken from
+    the same JSON file (the same run), never from another run of the same benchmark."""
+    index = {(r.get("run", 0), r["group"], r["variant"]): r for r in rows}
     out = []
     for r in rows:
         if r["info"].get("role") != "fast":
             continue
         for base_name in r["info"].get("baselines") or []:
-            base = index.get((r["group"], base_name))
+            base = index.get((r.get("run", 0), r["group"], base_name))
             if base is not None:
                 ratio = base["median"] / r["median"]
             elif r["info"].get(f"ratio_vs_{base_name}") is not None:

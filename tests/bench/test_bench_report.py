@@ -72,3 +72,14 @@ def test_bad_json_names_the_file(tmp_path):
 def _write(path, data):
     path.write_text(json.dumps(data))
     return path
+
+
+def test_ratio_pairs_each_fast_row_with_the_baseline_of_its_own_run(tmp_path):
+    """Two runs of the same benchmark: each ratio uses the baseline timed in that run."""
+    paths = []
+    for k, (fast, base) in enumerate([(0.1, 1.0), (0.2, 3.0)]):
+        data = {"benchmarks": [_bench("convert", "python", base),
+                               _bench("convert", "cpp", fast, ("python",))]}
+        paths.append(str(_write(tmp_path / f"run{k}.json", data)))
+    ratios = [round(c["ratio"], 6) for c in report.comparisons(report.load_rows(paths))]
+    assert ratios == [10.0, 15.0]
