@@ -33,7 +33,10 @@ from benchmarks.model_factory import (config_kwargs, forward_flops, make_batch, 
 BASELINES = ("hf_eager", "hf_compile")
 # The compiled variants last: they take the longest (compilation), so a phase timeout on the GPU
 # machine loses them first; benchmarks.report computes every ratio from the JSON rows anyway.
-TRAIN_VARIANTS = ("hf_eager", "ours", "ours_cudagraph", "hf_compile", "ours_compile")
+# ours_sparse_mlm: the MLM head on the masked tokens only (mlm_positions="labeled"), as train.py
+# runs it; same losses and gradients (tests/model/test_model_mlm_positions.py).
+TRAIN_VARIANTS = ("hf_eager", "ours", "ours_sparse_mlm", "ours_cudagraph", "hf_compile",
+                  "ours_compile")
 INFER_VARIANTS = ("hf_eager", "ours", "hf_compile", "ours_compile")
 ROUNDS = {"gpu": (20, 3), "cpu": (3, 0), "smoke": (1, 0)}  # (rounds, warm-up rounds after _prepare)
 
@@ -86,11 +89,11 @@ def _optimizer(model, setting, capturable=False):
                              capturable=capturable)
 
 
-def train_step(model, batch, opt, setting):
+def train_step(model, batch, opt, setting, **model_kwargs):
     def step():
         model.zero_grad(set_to_none=True)
         with _autocast(setting):
-            loss = model(**batch).loss
+            loss = model(**batch, **model_kwargs).loss
         loss.backward()
         if opt is not None:
             opt.step()
@@ -127,7 +130,7 @@ def _prepare(fn, variant):
     try:
         fn()
     except Exception as err:  # compile / capture failures are reported, not fatal
-        if variant in ("hf_eager", "ours"):
+        if variant in ("hf_eager", "ours", "ours_sparse_mlm"):
             raise
         pytest.skip(f"{variant} does not run here: {type(err).__name__}: {str(err)[:300]}")
 
@@ -192,7 +195,8 @@ def test_pretrain_step(benchmark, quick, variant):
             pytest.skip(f"ours_cudagraph cannot be captured: {type(err).__name__}: {err}"[:400])
     else:
         runnable = torch.compile(model) if variant.endswith("compile") else model
-        step = train_step(runnable, batch, _optimizer(model, setting), setting)
+        extra = {"mlm_positions": "labeled"} if variant == "ours_sparse_mlm" else {}
+        step = train_step(runnable, batch, _optimizer(model, setting), setting, **extra)
     reset_peak_memory()
     _prepare(step, variant)
     benchmark.group = f"pretrain step ({setting.name})"

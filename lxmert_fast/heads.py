@@ -130,6 +130,22 @@ def _backbone_kwargs(kw):
                                "output_attentions", "output_hidden_states")}
 
 
+MLM_POSITIONS = ("all", "labeled")
+
+
+def _mlm_rows(language_output, labels, mlm_positions):
+    """(states, labels) the MLM head and loss see: all tokens, or only the labeled ones."""
+    if mlm_positions not in MLM_POSITIONS:
+        raise ValueError(f"mlm_positions={mlm_positions!r}: expected one of {MLM_POSITIONS}")
+    if mlm_positions == "all" or labels is None:
+        return language_output, labels
+    if tuple(labels.shape) != tuple(language_output.shape[:2]):
+        raise ValueError(f"labels shape {tuple(labels.shape)} does not match the text "
+                         f"(B, L) = {tuple(language_output.shape[:2])}")
+    keep = labels != losses.IGNORE_INDEX
+    return language_output[keep], labels[keep]
+
+
 class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
     """LXMERT with the pretraining heads: MLM, matching, masked-object (obj/attr/feat), QA."""
 
@@ -179,13 +195,19 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
     def forward(self, input_ids=None, visual_feats=None, visual_pos=None, attention_mask=None,
                 visual_attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 obj_labels=None, matched_label=None, ans=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
+                output_hidden_states=None, return_dict=None, mlm_positions="all"):
+        """transformers' arguments, plus ``mlm_positions``: "all" (default, transformers'
+        behaviour: ``prediction_logits`` (B, L, vocab)) or "labeled": with ``labels`` given, the
+        MLM head runs only where ``labels != -100`` and ``prediction_logits`` is (N, vocab) for
+        those N tokens in row-major order (same MLM loss and gradients; the vocab-sized decoder
+        and its softmax are the largest head: a training loop wants this)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.lxmert(**_backbone_kwargs(locals()), return_dict=True)
-        lang_scores, match_scores = self.cls(out.language_output, out.pooled_output)
+        lang_states, mlm_labels = _mlm_rows(out.language_output, labels, mlm_positions)
+        lang_scores, match_scores = self.cls(lang_states, out.pooled_output)
         qa_scores = (self.answer_head(out.pooled_output) if self.config.task_qa
                      else out.pooled_output[0][0])  # transformers' placeholder without a QA head
-        terms = self._losses(out, (lang_scores, match_scores, qa_scores), labels, obj_labels,
+        terms = self._losses(out, (lang_scores, match_scores, qa_scores), mlm_labels, obj_labels,
                              matched_label, ans)
         given = (labels, matched_label, obj_labels, ans)
         total = (None if all(x is None for x in given)
