@@ -79,7 +79,7 @@ def train(args, data, engine, sampler, ckpt, start, init):
                           runner.Forward(args.task), plan, [args.task], ckpt, metrics, start,
                           evaluate)
         if done == args.max_steps:
-            runner.save_final_model(engine, args.output_dir, data)
+            runner.save_final_model(engine, args.output_dir)
         metrics.print(f"stopped at step {done} of {args.max_steps}; checkpoint "
                       f"{ckpt.latest_tag()} in {ckpt.dir}; metrics in {metrics.path}")
     finally:

@@ -293,17 +293,16 @@ class Evaluator:
         return {} if acc is None else {result.metrics["metric"]: acc}
 
 
-def save_final_model(engine, output_dir: str, data: TaskData) -> str:
+def save_final_model(engine, output_dir: str) -> str:
     """The fine-tuned model as a transformers-format directory ``<output_dir>/model`` with the
     task's answer tables (loads with ``--from_pretrained DIR --eval_only``): the training
-    package's export of the final checkpoint (any ZeRO stage), on rank 0."""
+    package's export of the final checkpoint (any ZeRO stage), on rank 0; the export copies the
+    tables ``save_run_info`` wrote into the run directory."""
     from lxmert_fast.training import env
     from lxmert_fast.training.export import export
 
     path = os.path.join(output_dir, "model")
     if env.rank() == 0:
         export(output_dir, path)
-        if data.answers is not None:
-            data.answers.save(path)
     env.barrier()
     return path
