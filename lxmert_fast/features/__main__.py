@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .import_common import MISSING_ID
-from .importers import FORMATS, find_sources, import_features
+from .importers import FORMATS, ImportOptions, find_sources, import_features
 from .store import DTYPES, FeatureStore, convert_tsv
 
 
@@ -49,6 +49,8 @@ def _convert(args) -> int:
 
 
 def _import(args) -> int:
+    ImportOptions(args.format, args.max_boxes, args.id_base, args.image_sizes,
+                  args.img_id_from)  # option errors before the files are listed
     files = find_sources(args.inputs, args.format)
     with tqdm(total=len(files), unit="file", desc=f"import {args.format}",
               disable=args.quiet) as bar:

@@ -81,12 +81,13 @@ def write_mmf_vmb(rec: Dict, out_dir: str, num_features: int = 100,
     --background."""
     rng = np.random.default_rng(7)
     n, m = rec["num_boxes"], max(num_features, rec["num_boxes"])
-    ids = _pad_rows(rec["objects_id"].astype(np.int64), m, rng) % NUM_OBJECT_CLASSES
+    ids = np.concatenate([rec["objects_id"].astype(np.int64),
+                          rng.integers(0, NUM_OBJECT_CLASSES, m - n)])
+    columns = ids + int(background)   # id -1 = the background won (only with --background)
     conf = np.concatenate([rec["objects_conf"], np.full(m - n, 0.01, np.float32)])
-    probs = class_probs(ids, conf.astype(np.float32), NUM_OBJECT_CLASSES,
-                        background_first=background)
+    probs = class_probs(columns, conf.astype(np.float32), NUM_OBJECT_CLASSES + int(background))
     info = {"bbox": _pad_rows(np.array(rec["boxes"], np.float32), m, rng),
-            "num_boxes": n, "objects": ids + int(background), "cls_prob": probs,
+            "num_boxes": n, "objects": columns, "cls_prob": probs,
             "image_width": rec["img_w"], "image_height": rec["img_h"]}
     base = os.path.join(out_dir, rec["img_id"])
     np.save(base + ".npy", _pad_rows(np.array(rec["features"], np.float32), m, rng))
