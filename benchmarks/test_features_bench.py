@@ -9,6 +9,10 @@ measured in the same run on this machine (CPU only; nothing here needs a GPU).
   CPU milliseconds per image are recorded too (steadier on a shared machine). Each round
   writes a new file (the previous round's store is removed untimed): renaming over an existing
   store would make ext4 start write-back at the rename (auto_da_alloc) in both variants.
+- import: extractor files -> store (issue 16), in the same group and run as convert: the same
+  images written as MILVLG's butd-npz (compressed npz with a pickled info dict), MMF's vmb npy
+  (padded to 100 rows) and UNITER's float16 npz, imported durably with all threads; images/s and
+  ``ratio_vs_cpp`` (convert's time / import's: the cost of reading the extractors' files).
 - gather: random-order batches of 256 images x 36 boxes x 2048 from a float16 store in the page
   cache, into reused buffers, with 1 thread and all threads (and freshly allocated buffers), vs
   ``TsvFeatures.gather`` (float32 in RAM) and against one contiguous memcpy of the same bytes
@@ -28,7 +32,8 @@ import pytest
 import torch
 
 from benchmarks.common import benchmarks_disabled, record
-from lxmert_fast.features import FeatureStore, TsvFeatures, convert_tsv
+from lxmert_fast.features import FeatureStore, TsvFeatures, convert_tsv, import_features
+from lxmert_fast.features.extractor_files import write_butd_caffe, write_mmf_vmb, write_uniter
 from lxmert_fast.features.synthetic import random_records
 from lxmert_fast.features.tsv import load_obj_tsv, write_obj_tsv
 
@@ -112,6 +117,48 @@ def test_convert(benchmark, data, variant):
     if "samples/s" in info:
         info["images/s"] = info["samples/s"]
         info["MB/s TSV"] = data["tsv_bytes"] / (data["n"] / info["samples/s"]) / 1e6
+
+
+IMPORT_WRITERS = {"butd-npz": write_butd_caffe, "mmf-npy": write_mmf_vmb,
+                  "uniter-npz": write_uniter}
+
+
+def _extractor_dir(data, fmt):
+    """Factory: the benchmark's images (the TSV's records) as ``fmt``'s extractor writes them,
+    one directory per format, written once per module."""
+    src = data["root"] / fmt
+    if not src.exists():
+        src.mkdir()
+        for rec in random_records(data["n"], dim=data["dim"], boxes=(data["boxes"],), seed=0):
+            IMPORT_WRITERS[fmt](rec, str(src))
+    return src
+
+
+@pytest.mark.parametrize("fmt", list(IMPORT_WRITERS))
+def test_import(benchmark, data, fmt):
+    benchmark.group = "features-convert"
+    src, out = _extractor_dir(data, fmt), data["root"] / "import.lxf"
+    fn = _CpuTime(import_features)
+    kwargs = {"format": fmt, "num_threads": THREADS, "durable": True}
+
+    def fresh_output():
+        """Untimed, as for convert: each round writes a new file."""
+        if out.exists():
+            out.unlink()
+        return ([src], out), kwargs
+
+    benchmark.pedantic(fn, setup=fresh_output,
+                       **_rounds(data, {"rounds": 2, "iterations": 1, "warmup_rounds": 0}))
+    assert len(FeatureStore(out)) == data["n"]
+    src_bytes = sum(p.stat().st_size for p in src.iterdir())
+    info = record(benchmark, variant=f"import-{fmt}", baselines=("cpp",),
+                  shapes={"images": data["n"], "boxes": data["boxes"], "dim": data["dim"],
+                          "source_bytes": src_bytes},
+                  samples=data["n"], threads=THREADS, durable=True,
+                  cpu_ms_per_image=fn.per_call_ms() / data["n"])
+    if "samples/s" in info:
+        info["images/s"] = info["samples/s"]
+        info["MB/s source"] = src_bytes / (data["n"] / info["samples/s"]) / 1e6
 
 
 GATHER_VARIANTS = {"python": None, "memcpy-reference": 1, "cpp-1thread": 1,

@@ -14,6 +14,7 @@ extractor writes pickles (the user chose that format). Torch tensors inside such
 (MILVLG's d2 mode stores GPU tensors) are loaded onto the CPU.
 """
 import io
+import math
 import pickle
 import zipfile
 from typing import Dict, Optional, Tuple
@@ -56,12 +57,17 @@ def read_array(fp, path, key: str, allow_pickle: bool) -> np.ndarray:
         header = _HEADER_READERS.get(version)
         if header is None:
             raise ValueError(f"unsupported .npy format version {version}")
-        dtype = header(fp)[2]
+        shape, fortran, dtype = header(fp)
     except ValueError as e:
         fail(path, f"key {key!r}: not a .npy array ({e})")
     if not dtype.hasobject:
-        fp.seek(0)
-        return npformat.read_array(fp, allow_pickle=False)
+        count = math.prod(shape)
+        data = fp.read(count * dtype.itemsize)
+        if len(data) != count * dtype.itemsize:
+            fail(path, f"key {key!r}: {len(data)} bytes of data, expected {shape} x "
+                       f"{dtype.itemsize} = {count * dtype.itemsize} (truncated)")
+        a = np.frombuffer(data, dtype=dtype, count=count)
+        return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
     if not allow_pickle:
         fail(path, f"key {key!r} holds Python objects (a pickle), which this format never "
                    "writes: refusing to unpickle it")

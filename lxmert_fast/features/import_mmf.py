@@ -83,13 +83,16 @@ def _image_size(path, img_id, stored, boxes, distrust: Optional[str], image_size
 
 
 def _labels_2d(info, path, rows: int):
-    """vmb: objects (rows,) and cls_prob (rows, 1600 | 1601 with the background first)."""
-    objects = array(need(info, "objects", path, "info"), path, "info['objects']", 1, rows=rows,
-                    kind="i")
+    """vmb: objects (rows,) and cls_prob (rows, 1600 | 1601 with the background first);
+    without objects, the argmax of cls_prob (as the extractor computes them)."""
     probs = array(info["cls_prob"], path, "info['cls_prob']", 2, rows=rows)
     if probs.shape[1] not in (NUM_OBJECT_CLASSES, NUM_OBJECT_CLASSES + 1):
         fail(path, f"info['cls_prob'] has {probs.shape[1]} columns, expected "
                    f"{NUM_OBJECT_CLASSES} (or {NUM_OBJECT_CLASSES + 1} with --background)")
+    if "objects" in info:
+        objects = array(info["objects"], path, "info['objects']", 1, rows=rows, kind="i")
+    else:
+        objects = probs.argmax(axis=1) if rows else np.zeros(0, np.int64)
     check_ids(objects, path, "info['objects']", probs.shape[1])
     conf = probs[np.arange(rows), objects].astype(np.float32)
     ids, conf = rebase_ids(objects, conf, probs.shape[1] - NUM_OBJECT_CLASSES)

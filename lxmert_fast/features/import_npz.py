@@ -15,8 +15,9 @@ D2 mode (``utils/extract_d2features.py``): the same x / bbox / num_bbox / image_
   image_h_inner / image_w_inner, and info = {objects (N,) 0-based, cls_prob (N, 1600) with the
   background column dropped, and with attributes attrs_id = the (N, A) attribute probabilities
   (torch tensors) and attrs_scores (or attrs_conf) = their logits}. Object confidences are
-  cls_prob at the stored class; attribute ids / confidences are the argmax / max of the
-  probabilities (a first "no attribute" column of A = 401 dropped).
+  cls_prob at the stored class (ids and confidences are its argmax / max where objects is
+  absent); attribute ids / confidences are the argmax / max of the probabilities (a first
+  "no attribute" column of A = 401 dropped).
 
 ``uniter-npz``: the per-image files of UNITER's BUTD extraction (the ``chenrocks/butd-caffe``
 image, ``save_to_npz``: ``<prefix>_<image_id>.npz``, ``np.savez_compressed``), which UNITER's
@@ -65,12 +66,14 @@ def _caffe_labels(info: Dict, path, n: int, id_base: int):
 
 
 def _d2_labels(info: Dict, path, n: int):
-    ids = array(need(info, "objects", path, "info"), path, "info['objects']", 1, rows=n,
-                kind="i")
-    ids = check_ids(ids, path, "info['objects']", NUM_OBJECT_CLASSES)
     probs = array(need(info, "cls_prob", path, "info"), path, "info['cls_prob']", 2, rows=n,
                   cols=NUM_OBJECT_CLASSES)
-    objects = (ids, probs[np.arange(n), ids].astype(np.float32))
+    if "objects" in info:
+        ids = array(info["objects"], path, "info['objects']", 1, rows=n, kind="i")
+        ids = check_ids(ids, path, "info['objects']", NUM_OBJECT_CLASSES)
+        objects = (ids, probs[np.arange(n), ids].astype(np.float32))
+    else:
+        objects = argmax_max(probs, path, "info['cls_prob']", n, NUM_OBJECT_CLASSES)
     if "attrs_id" in info and as_numpy(info["attrs_id"]).ndim == 2:   # probabilities
         attrs = argmax_max(info["attrs_id"], path, "info['attrs_id']", n, NUM_ATTR_CLASSES)
     else:

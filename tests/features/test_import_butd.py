@@ -144,3 +144,17 @@ def test_max_boxes_keeps_most_confident(tmp_path):
         assert got["objects_conf"].min() >= np.sort(r["objects_conf"])[::-1][:4].min()
     dropped = sum(max(0, r["num_boxes"] - 4) for r in recs)
     assert report.counts["boxes_dropped"] == dropped
+
+
+def test_d2_without_objects_takes_argmax_and_max(tmp_path):
+    recs = _records(2)
+    src = _write(tmp_path, recs, write_butd_d2)
+    path = src / "img0000001.npz"
+    data = dict(np.load(path, allow_pickle=True))
+    info = data.pop("info").item()
+    del info["objects"]
+    np.savez_compressed(path, **data, info=info)
+    import_features([src], tmp_path / "s.lxf", format="butd-npz", dtype="float32")
+    got = FeatureStore(tmp_path / "s.lxf")["img0000001"]
+    np.testing.assert_array_equal(got["objects_id"], recs[1]["objects_id"])
+    np.testing.assert_array_equal(got["objects_conf"], recs[1]["objects_conf"])

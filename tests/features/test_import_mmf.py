@@ -143,3 +143,16 @@ def test_info_file_given_names_the_features(tmp_path):
     src = _write(tmp_path, recs, write_mmf_vmb)
     store, _ = _import(src / "img0000000_info.npy", tmp_path)
     assert store.ids == ["img0000000"]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_vmb_without_objects_takes_argmax(tmp_path, background):
+    recs = _records(2)
+    src = _write(tmp_path, recs, write_mmf_vmb, background=background)
+    path = src / "img0000001_info.npy"
+    info = np.load(path, allow_pickle=True).item()
+    del info["objects"]
+    np.save(path, info)
+    store, _ = _import(src, tmp_path)
+    np.testing.assert_array_equal(store["img0000001"]["objects_id"], recs[1]["objects_id"])
+    np.testing.assert_array_equal(store["img0000001"]["objects_conf"], recs[1]["objects_conf"])
