@@ -63,6 +63,8 @@ class ImportOptions:
             if given and self.format not in formats:
                 raise ValueError(f"{name}={getattr(self, name)!r} does not apply to format "
                                  f"{self.format!r} (only to {', '.join(formats)})")
+        if not isinstance(self.img_id_from, str):
+            raise ValueError(f"img_id_from must be a str, got {self.img_id_from!r}")
         if self.img_id_from == "info" and self.format != "butd-npz":
             raise ValueError(f"img_id_from='info' needs butd-npz (info['image_id']), not "
                              f"{self.format!r}")
@@ -268,6 +270,8 @@ def import_features(srcs: PathList, out_path, format: str = "tsv", dtype: str = 
         convert_tsv(files, out_path, dtype, threads, durable=durable)
         store = FeatureStore(out_path)
         report.images, report.boxes, report.feature_dim = len(store), store.num_boxes, store.dim
+        if progress is not None:
+            progress(len(files))
     else:
         read = _reader(opts)
         remove_stale_imports(out_path)

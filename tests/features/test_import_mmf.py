@@ -156,3 +156,14 @@ def test_vmb_without_objects_takes_argmax(tmp_path, background):
     store, _ = _import(src, tmp_path)
     np.testing.assert_array_equal(store["img0000001"]["objects_id"], recs[1]["objects_id"])
     np.testing.assert_array_equal(store["img0000001"]["objects_conf"], recs[1]["objects_conf"])
+
+
+def test_vinvl_at_the_real_width(tmp_path):
+    """2048 box features + 6 dims = (N, 2054) as VinVL writes them: the store holds 2048."""
+    recs = list(random_records(2, dim=2048, boxes=(10,), seed=4))
+    src = _write(tmp_path, recs, write_mmf_vinvl)
+    assert np.load(src / "img0000000.npy").shape == (10, 2054)
+    store, _ = _import(src, tmp_path)
+    assert store.dim == 2048
+    np.testing.assert_array_equal(store["img0000001"]["features"], recs[1]["features"])
+    np.testing.assert_allclose(store["img0000001"]["boxes"], recs[1]["boxes"], rtol=1e-6)
