@@ -28,7 +28,7 @@ def build(args, info):
 
     ds_config = pretrain.load_ds_config(args, info["device"], info["world_size"])
     ckpt = Checkpointer(args.output_dir, args.keep_last)
-    if ckpt.latest_tag() and not args.resume:
+    if ckpt.has_checkpoints() and not args.resume:
         raise FileExistsError(f"{args.output_dir} already holds checkpoints: pass --resume to "
                               f"continue that run, or choose another --output_dir")
     data = pretrain.build_data(args)
@@ -44,8 +44,9 @@ def build(args, info):
                                     env.rank(), args.seed)
     env.seed_everything(args.seed, env.rank())   # dropout differs by rank
     start = 0
-    if args.resume and ckpt.latest_tag():
-        start = sampler.load_state_dict(ckpt.load(engine)["sampler"])
+    state = ckpt.load(engine) if args.resume else None   # verified, with a fallback
+    if state is not None:
+        start = sampler.load_state_dict(state["sampler"])
     elif args.resume and env.rank() == 0:
         print(f"--resume: no checkpoint in {args.output_dir} yet; starting from step 0")
     return data, engine, sampler, ckpt, start

@@ -9,7 +9,9 @@ partitions; a stage-0 checkpoint's module state is used as is, upcast to fp32), 
 the model class and writes `save_pretrained` (config.json + model.safetensors), plus the run's
 answer tables (`ANSWER_FILES`: pretraining's answer_table.json, fine-tuning's ans2label.json /
 label2ans.json, whichever the run dir holds) and vocab so the directory is self-contained. Runs on
-CPU, no process group.
+CPU, no process group. The checkpoint is first verified against its manifest as a resume does
+(checkpoint_select.py): a damaged `--tag` is an error naming the file, a damaged `latest` falls
+back to the newest checkpoint that verifies, with a note on stderr.
 """
 import argparse
 import glob
@@ -21,6 +23,7 @@ import sys
 import torch
 
 from .checkpoint import Checkpointer
+from .checkpoint_select import choose, step_dirs
 
 # Answer tables a run keeps in its output dir: pretraining's QA head (lxmert_fast.data.pretrain
 # AnswerTable) and a VQA/GQA fine-tuning's label tables (lxmert_fast.tasks.answers).
@@ -36,20 +39,31 @@ def _stage0_state_dict(tag_dir: str) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
 
 
+def verified_tag(output_dir: str, tag: str = None) -> str:
+    """The checkpoint to export, verified against its manifest like a resume does: `tag`, or
+    `latest` with a fallback to the newest checkpoint that verifies (notes on stderr)."""
+    ckpt_dir = Checkpointer(output_dir).dir
+    if tag is not None and not os.path.isdir(os.path.join(ckpt_dir, tag)):
+        raise FileNotFoundError(f"checkpoint {tag!r} not found in {ckpt_dir}: have "
+                                f"{step_dirs(ckpt_dir)}")
+    choice = choose(ckpt_dir, tag)
+    for note in choice.notes:
+        print(f"export: {note}", file=sys.stderr)
+    if choice.tag is None:
+        raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir} (no 'latest' file)")
+    return choice.tag
+
+
 def consolidated_state_dict(output_dir: str, tag: str = None) -> dict:
     """fp32 state_dict of checkpoint `tag` (default: `latest`) of a run, any ZeRO stage."""
-    ckpt = Checkpointer(output_dir)
-    tag = tag or ckpt.latest_tag()
-    if tag is None:
-        raise FileNotFoundError(f"no complete checkpoint in {ckpt.dir} (no 'latest' file)")
-    tag_dir = os.path.join(ckpt.dir, tag)
-    if not os.path.isdir(tag_dir):
-        raise FileNotFoundError(f"checkpoint {tag!r} not found in {ckpt.dir}: have {ckpt.tags()}")
+    tag = verified_tag(output_dir, tag)
+    ckpt_dir = Checkpointer(output_dir).dir
+    tag_dir = os.path.join(ckpt_dir, tag)
     if not glob.glob(os.path.join(tag_dir, "*optim_states.pt")):
         return _stage0_state_dict(tag_dir)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(ckpt.dir, tag=tag)
+    return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
 
 
 def load_run_model(output_dir: str, tag: str = None):

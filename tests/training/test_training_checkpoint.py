@@ -1,5 +1,6 @@
 """Checkpointer on a real (single-process, CPU) DeepSpeed engine with a toy model: rotation,
-`latest` moved only after a complete save, RNG and optimizer/scheduler state restored."""
+`latest` moved only after a complete save (a failed one is removed), RNG and
+optimizer/scheduler state restored."""
 import os
 import random
 
@@ -7,21 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lxmert_fast.training import env
-from lxmert_fast.training.checkpoint import Checkpointer, tag_for
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    saved = dict(os.environ)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
-        os.environ.pop(name, None)
-    env.setup_environment()
-    env.init_distributed()
-    yield
-    torch.distributed.destroy_process_group()
-    os.environ.clear()
-    os.environ.update(saved)
+from lxmert_fast.training.checkpoint import (CheckpointError, Checkpointer,
+                                              CheckpointSaveError, tag_for)
 
 
 def _engine():
@@ -79,16 +67,17 @@ def test_latest_does_not_move_when_a_save_fails(process_group, tmp_path):
     ckpt.save(engine, 1, {})
 
     def broken(save_dir, tag, client_state, save_latest):
-        os.makedirs(os.path.join(save_dir, tag))
         open(os.path.join(save_dir, tag, "partial"), "w").close()
         raise OSError("disk full")
 
     real = engine.save_checkpoint
     engine.save_checkpoint = broken
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointSaveError, match="step_00000002 .*rank 0: OSError: disk full.*"
+                                                  "'latest' still names step_00000001"):
         ckpt.save(engine, 2, {})
     assert ckpt.latest_tag() == tag_for(1)
-    # a resumed run that saves step 2 again replaces the partial directory; newer leftovers go
+    assert ckpt.tags() == [tag_for(1)]               # the partial directory was removed
+    # a resumed run that saves step 2 again; leftovers newer than it go
     os.makedirs(os.path.join(ckpt.dir, tag_for(7)))
     engine.save_checkpoint = real
     ckpt.save(engine, 2, {})
@@ -99,12 +88,13 @@ def test_latest_does_not_move_when_a_save_fails(process_group, tmp_path):
 def test_load_errors_name_the_problem(process_group, tmp_path):
     engine = _engine()
     ckpt = Checkpointer(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint in .*checkpoints"):
-        ckpt.load(engine)
+    assert ckpt.load(engine) is None                  # nothing saved yet: start at step 0
     os.makedirs(ckpt.dir)
     with open(os.path.join(ckpt.dir, "latest"), "w") as f:
         f.write("step_00000009")
-    with pytest.raises(RuntimeError, match="names 'step_00000009', which is not a checkpoint"):
+    with pytest.raises(CheckpointError, match="names step_00000009, which is not a directory"):
         ckpt.latest_tag()
+    with pytest.raises(CheckpointError, match="no checkpoint in .* verifies"):
+        ckpt.load(engine)
     with pytest.raises(ValueError, match="keep_last=0"):
         Checkpointer(str(tmp_path), keep_last=0)
