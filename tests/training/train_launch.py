@@ -45,24 +45,80 @@ def command(args, ranks: int, launcher: bool):
     return head + ["--num_gpus", str(ranks), "--master_port", str(free_port()), TRAIN, *args]
 
 
-def start(args, cache_dir, ranks=1, launcher=False, defaults=False):
+def start(args, cache_dir, ranks=1, launcher=False, defaults=False, extra_env=None, cmd=None):
     env = run_env(cache_dir, None if defaults else max(1, 2 // ranks))
-    return subprocess.Popen(command(args, ranks, launcher), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    env.update(extra_env or {})
+    return subprocess.Popen(cmd or command(args, ranks, launcher), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             start_new_session=True)
 
 
-def run(args, cache_dir, ranks=1, timeout=600, check=True, launcher=False, defaults=False):
-    proc = start(args, cache_dir, ranks, launcher, defaults)
+def _wait(proc, timeout):
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         raise AssertionError(f"train.py timed out after {timeout} s:\n{out[-6000:]}")
+    return out
+
+
+def run(args, cache_dir, ranks=1, timeout=600, check=True, launcher=False, defaults=False,
+        extra_env=None):
+    proc = start(args, cache_dir, ranks, launcher, defaults, extra_env)
+    out = _wait(proc, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py exited {proc.returncode}:\n{out[-6000:]}")
     return proc.returncode, out
+
+
+def node_command(args, hostfile, node_rank, port):
+    """The multi-node launch of one node without ssh (torchrun style), as the README shows it."""
+    exe = shutil.which("deepspeed")
+    head = [exe] if exe else [sys.executable, "-m", "deepspeed.launcher.runner"]
+    return head + ["--hostfile", hostfile, "--no_ssh", "--num_nodes", "2", "--node_rank",
+                   str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   TRAIN, *args]
+
+
+def run_two_nodes(args, cache_dir, tmp_dir, timeout=600):
+    """Two "nodes" on localhost, one CPU rank each, each started by its own launcher."""
+    hostfile = os.path.join(tmp_dir, "hostfile")
+    with open(hostfile, "w") as f:
+        f.write("node0 slots=1\nnode1 slots=1\n")
+    port = free_port()
+    procs = [start(args, cache_dir, ranks=2, cmd=node_command(args, hostfile, i, port))
+             for i in (0, 1)]
+    outs = [_wait(p, timeout) for p in procs]
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        if p.returncode != 0:
+            raise AssertionError(f"node {i} exited {p.returncode}:\n{out[-6000:]}")
+    return outs
+
+
+def fail_save_env(tmp_dir, rank, tag, pattern="optim_states"):
+    """Environment that makes rank `rank` raise ENOSPC writing `pattern` files of checkpoint
+    `tag` (a sitecustomize wrapping torch.save in that rank's process only)."""
+    site = os.path.join(tmp_dir, "enospc_site")
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+        f.write(_ENOSPC_SITE)
+    path = os.pathsep.join([site, REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    return {"PYTHONPATH": path, "ENOSPC_RANK": str(rank), "ENOSPC_MATCH": f"{tag}/*{pattern}*"}
+
+
+_ENOSPC_SITE = """import os
+if os.environ.get("RANK") is not None and os.environ.get("RANK") == os.environ.get("ENOSPC_RANK"):
+    import errno, fnmatch, torch
+    _save = torch.save
+
+    def _failing_save(obj, f, *args, **kwargs):
+        if isinstance(f, str) and fnmatch.fnmatch(f, "*" + os.environ["ENOSPC_MATCH"]):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f)
+        return _save(obj, f, *args, **kwargs)
+
+    torch.save = _failing_save
+"""
 
 
 def losses(output_dir):
