@@ -97,6 +97,9 @@ class LxmertConfig:
     # lxmert_fast's own fields.
     kernel_impl: str = "auto"
     qa_loss: str = "ce"
+    task_itc: bool = False          # image-text contrastive loss before fusion (modeling_itc.py)
+    itc_dim: int = 256
+    itc_temperature: float = 0.07
 
     def __post_init__(self):
         self._check_ints()
@@ -109,6 +112,11 @@ class LxmertConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LxmertConfig.{name}={getattr(self, name)!r} is not one of "
                                  f"{allowed}")
+        if self.task_itc and (self.l_layers < 1 or self.r_layers < 1):
+            raise ValueError(f"LxmertConfig.task_itc needs l_layers >= 1 and r_layers >= 1 (the "
+                             f"single-modality encoders), got {self.l_layers} and {self.r_layers}")
+        if not self.itc_temperature > 0:
+            raise ValueError(f"LxmertConfig.itc_temperature={self.itc_temperature} must be > 0")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"LxmertConfig.layer_norm_eps={self.layer_norm_eps} must be > 0")
         if self.id2label is not None:  # JSON keys are strings
@@ -120,7 +128,7 @@ class LxmertConfig:
         positive = ("vocab_size", "hidden_size", "num_attention_heads", "num_qa_labels",
                     "num_object_labels", "num_attr_labels", "intermediate_size",
                     "max_position_embeddings", "type_vocab_size", "visual_feat_dim",
-                    "visual_pos_dim")
+                    "visual_pos_dim", "itc_dim")
         for name in positive + ("l_layers", "x_layers", "r_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

@@ -18,6 +18,7 @@ from lxmert_fast import modeling_losses as losses
 from lxmert_fast import modeling_resize as resize
 from lxmert_fast.config import LxmertConfig
 from lxmert_fast.modeling import LxmertModel, LxmertPreTrainedModel
+from lxmert_fast.modeling_itc import LxmertContrastiveHead, itc_loss
 from lxmert_fast.modeling_layers import ACTIVATIONS
 from lxmert_fast.modeling_outputs import (LxmertForNLVR2Output, LxmertForPreTrainingOutput,
                                           LxmertForQuestionAnsweringOutput)
@@ -158,6 +159,8 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
             self.obj_predict_head = LxmertVisualObjHead(config)
         if config.task_qa:
             self.answer_head = LxmertVisualAnswerHead(config, config.num_qa_labels)
+        if config.task_itc:
+            self.itc_head = LxmertContrastiveHead(config)
         self.visual_losses = visual_loss_sizes(config)
         self.post_init()
 
@@ -192,6 +195,14 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
             terms["qa"] = losses.cross_entropy(scores[2], ans, "ans")
         return terms
 
+    def _itc(self, out, visual_pos, visual_attention_mask, matched_label):
+        """The ITC loss (modeling_itc.py) on the single-modality encoders' last states."""
+        cfg = self.config
+        text, image = self.itc_head(out.language_hidden_states[cfg.l_layers - 1],
+                                    out.vision_hidden_states[cfg.r_layers - 1],
+                                    visual_attention_mask)
+        return itc_loss(text, image, matched_label, visual_pos, cfg.itc_temperature)
+
     def forward(self, input_ids=None, visual_feats=None, visual_pos=None, attention_mask=None,
                 visual_attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 obj_labels=None, matched_label=None, ans=None, output_attentions=None,
@@ -202,13 +213,25 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
         those N tokens in row-major order (same MLM loss and gradients; the vocab-sized decoder
         and its softmax are the largest head: a training loop wants this)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        out = self.lxmert(**_backbone_kwargs(locals()), return_dict=True)
+        cfg = self.config
+        want_states = cfg.output_hidden_states if output_hidden_states is None \
+            else output_hidden_states
+        itc = cfg.task_itc and matched_label is not None
+        kwargs = _backbone_kwargs(locals())
+        kwargs["output_hidden_states"] = want_states or itc
+        out = self.lxmert(**kwargs, return_dict=True)
+        itc_term = self._itc(out, visual_pos, visual_attention_mask, matched_label) if itc \
+            else None
+        if not want_states:
+            out.language_hidden_states = out.vision_hidden_states = None
         lang_states, mlm_labels = _mlm_rows(out.language_output, labels, mlm_positions)
         lang_scores, match_scores = self.cls(lang_states, out.pooled_output)
         qa_scores = (self.answer_head(out.pooled_output) if self.config.task_qa
                      else out.pooled_output[0][0])  # transformers' placeholder without a QA head
         terms = self._losses(out, (lang_scores, match_scores, qa_scores), mlm_labels, obj_labels,
                              matched_label, ans)
+        if itc_term is not None:
+            terms["itc"] = itc_term
         given = (labels, matched_label, obj_labels, ans)
         total = (None if all(x is None for x in given)
                  else losses.pretraining_total(terms, out.pooled_output.device))

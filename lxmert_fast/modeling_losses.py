@@ -83,7 +83,7 @@ def visual_losses(scores: Dict[str, torch.Tensor], obj_labels: Dict[str, Tuple],
 
 
 def pretraining_total(losses: Dict[str, torch.Tensor], device) -> torch.Tensor:
-    """Sum the terms in transformers' order: mlm, matched, (obj + attr + feat), qa."""
+    """Sum the terms in transformers' order: mlm, matched, (obj + attr + feat), qa; then itc."""
     total = torch.full((), 0.0, device=device)
     for key in ("mlm", "matched"):
         if key in losses:
@@ -96,4 +96,6 @@ def pretraining_total(losses: Dict[str, torch.Tensor], device) -> torch.Tensor:
         total = total + visual
     if "qa" in losses:
         total = total + losses["qa"]
+    if "itc" in losses:             # the optional contrastive term (modeling_itc.py)
+        total = total + losses["itc"]
     return total

@@ -54,11 +54,12 @@ def build(args, info):
 
 def train(args, data, engine, sampler, ckpt, start):
     from lxmert_fast.training import loop, pretrain
-    from lxmert_fast.training.evaluate import evaluate_pretraining
+    from lxmert_fast.training.evaluate import evaluate_pretraining, format_results
     from lxmert_fast.training.metrics import MetricsLogger
 
     metrics = MetricsLogger(args.output_dir, env.rank(), start, args.max_steps,
-                            tensorboard=not args.no_tensorboard, progress=not args.no_progress)
+                            tensorboard=not args.no_tensorboard, progress=not args.no_progress,
+                            eval_format=format_results)
     metrics.print(f"LXMERT pretraining: {engine.module.num_parameters() / 1e6:.1f}M parameters "
                   f"({args.model_size}), {len(data.train)} examples from {data.source}, "
                   f"batch {sampler.global_batch} on {env.world_size()} rank(s), steps "

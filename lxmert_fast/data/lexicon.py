@@ -56,3 +56,14 @@ def _spread(names: List[str], space: int, salt: int) -> Dict[str, int]:
 
 OBJECT_IDS: Dict[str, int] = _spread(CLASSES, NUM_OBJECT_LABELS, 1)
 ATTR_IDS: Dict[str, int] = _spread(ATTRIBUTES, NUM_ATTR_LABELS, 2)
+
+
+def grounded_words(classes: List[str]) -> List[str]:
+    """The words of the world's sentences that only the image determines: the classes and their
+    plurals, the attributes, the material nouns, counts (number words and digits) and the
+    spatial relation words. The evaluation's image-dependent masked-LM accuracy is over these
+    (and ``--grounded_mask_rate`` masks them more often)."""
+    words = list(classes) + [plural(c) for c in classes] + ATTRIBUTES
+    words += sorted(set(MATERIAL_NOUN.values())) + NUMBER_WORDS + [str(i) for i in range(37)]
+    words += ["left", "right", "above", "below"]
+    return sorted(set(words))

@@ -14,7 +14,7 @@ number per call, so an example depends on (seed, epoch, index) alone:
   original's np.random.multinomial), a single answer is taken as is.
 """
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -27,14 +27,23 @@ def _check_rate(rate: float, name: str) -> None:
 
 
 def mask_words(token_ids: np.ndarray, rng: np.random.Generator, vocab_size: int, mask_id: int,
-               rate: float = 0.15) -> Tuple[np.ndarray, np.ndarray]:
-    """(input ids, labels) for one sentence's WordPiece ids (no [CLS]/[SEP])."""
+               rate: float = 0.15, grounded: Optional[np.ndarray] = None,
+               grounded_rate: Optional[float] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(input ids, labels) for one sentence's WordPiece ids (no [CLS]/[SEP]).
+
+    ``grounded`` (sorted token ids of visually grounded words) with ``grounded_rate``: those
+    tokens are chosen with ``grounded_rate`` instead of ``rate`` (same draws, same 80/10/10).
+    """
     _check_rate(rate, "word_mask_rate")
     n = len(token_ids)
     prob = rng.random(n)
     random_tokens = rng.integers(0, vocab_size, size=n)
+    if grounded is not None and grounded_rate is not None:
+        _check_rate(grounded_rate, "grounded_mask_rate")
+        rate = np.where(np.isin(token_ids, grounded), grounded_rate, rate)
     chosen = prob < rate
-    sub = prob / rate if rate > 0 else np.ones_like(prob)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sub = np.where(rate > 0, prob / np.maximum(rate, 1e-300), 1.0)
     ids = np.asarray(token_ids, dtype=np.int64).copy()
     labels = np.where(chosen, ids, IGNORE_INDEX)
     ids[chosen & (sub < 0.8)] = mask_id

@@ -44,7 +44,9 @@ class PretrainDataset:
                  max_boxes: int = 36, seed: int = 0, task_mask_lm: bool = True,
                  task_obj_predict: bool = True, task_matched: bool = True, task_qa: bool = True,
                  obj_loss_weighting: str = "conf", train: bool = True,
-                 word_mask_rate: float = 0.15, obj_mask_rate: float = 0.15):
+                 word_mask_rate: float = 0.15, obj_mask_rate: float = 0.15,
+                 grounded_words: Optional[Sequence[str]] = None,
+                 grounded_mask_rate: Optional[float] = None):
         if obj_loss_weighting not in OBJ_LOSS_WEIGHTINGS:
             raise ValueError(f"obj_loss_weighting={obj_loss_weighting!r}: expected one of "
                              f"{OBJ_LOSS_WEIGHTINGS}")
@@ -64,6 +66,11 @@ class PretrainDataset:
             raise ValueError(f"no sentences in the pretraining records {record_paths}")
         self._index_images()
         self._tokenize()
+        self.grounded_ids = self._grounded_ids(grounded_words or ())
+        if grounded_mask_rate is not None and not len(self.grounded_ids):
+            raise ValueError(f"grounded_mask_rate={grounded_mask_rate} needs grounded words "
+                             f"(none of {len(grounded_words or ())} given is one vocab token)")
+        self.grounded_mask_rate = grounded_mask_rate
         self._labels = [None if ex.label is None else
                         {self.answer_table.ans2id(a): s
                          for a, s in self.answer_table.prune_label(ex.label).items()}
@@ -94,6 +101,15 @@ class PretrainDataset:
         keep = self.max_seq_len - 2
         ids = {s: np.asarray(e.ids[:keep], dtype=np.int64) for s, e in zip(sents, encoded)}
         self._tokens = [ids[ex.sent.strip()] for ex in self.examples]
+
+    def _grounded_ids(self, words: Sequence[str]) -> np.ndarray:
+        """Sorted token ids of the grounded words that are one WordPiece token (a multi-piece
+        word's pieces also occur in other words, so they are left out)."""
+        if not words:
+            return np.zeros(0, dtype=np.int64)
+        encoded = self.tokenizer.encode_batch(list(words), add_special_tokens=False)
+        return np.unique(np.array([e.ids[0] for e in encoded if len(e.ids) == 1],
+                                  dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -130,7 +146,8 @@ class PretrainDataset:
         tokens = self._tokens[out["sent"]]
         if self.task_mask_lm:
             out["ids"], out["lm"] = mask_words(tokens, rng, self.vocab_size, self.mask_id,
-                                               self.word_mask_rate)
+                                               self.word_mask_rate, self.grounded_ids,
+                                               self.grounded_mask_rate)
         else:
             out["ids"], out["lm"] = tokens, np.full(len(tokens), IGNORE_INDEX)
         label = self._labels[index]
@@ -157,9 +174,9 @@ class PretrainDataset:
                 "attention_mask": torch.from_numpy(attention),
                 "labels": torch.from_numpy(labels) if self.task_mask_lm else None}
 
-    def _gather(self, indices: Sequence[int], draws: List[Dict]):
+    def _gather(self, indices: Sequence[int], draws: List[Dict], images=None):
         """One gather for the batch's images and the images lending replacement features."""
-        own = [int(self._img_pos[i]) for i in indices]
+        own = [int(self._img_pos[i]) for i in indices] if images is None else list(images)
         lenders = sorted({int(p) for d in draws if "obj" in d
                           for p in d["obj"].other_image[d["obj"].replace]})
         positions = sorted(set(own) | set(lenders))
@@ -206,14 +223,33 @@ class PretrainDataset:
             return conf.float() * mask
         return mask
 
-    def make_batch(self, indices: Sequence[int]) -> Dict:
-        """Model keyword arguments for examples ``indices`` (see the module docstring)."""
+    def image_derangement(self, seed: int = 0) -> np.ndarray:
+        """A fixed permutation of the image positions with no fixed point (the shuffled-image
+        control of the evaluation): image ``p`` is replaced by image ``perm[p]``."""
+        order = np.random.default_rng([seed, 11]).permutation(len(self.images))
+        perm = np.empty(len(self.images), dtype=np.int64)
+        perm[order] = np.roll(order, -1)     # one cycle through every image: never itself
+        return perm
+
+    def make_batch(self, indices: Sequence[int], image_perm: Optional[np.ndarray] = None) -> Dict:
+        """Model keyword arguments for examples ``indices`` (see the module docstring).
+
+        ``image_perm`` (from ``image_derangement``): every example gets the image
+        ``image_perm[its image]`` instead of its own, with the same text, masking draws and
+        labels (the object labels follow the image shown).
+        """
         indices = [int(i) for i in indices]
         if not indices:
             raise ValueError("make_batch needs at least one example index")
         draws = [self._draw(i) for i in indices]
         batch = self._text(draws)
-        g, rows, row = self._gather(indices, draws)
+        images = None
+        if image_perm is not None:
+            if len(image_perm) != len(self.images):
+                raise ValueError(f"image_perm has {len(image_perm)} entries for "
+                                 f"{len(self.images)} images")
+            images = [int(image_perm[self._img_pos[i]]) for i in indices]
+        g, rows, row = self._gather(indices, draws, images)
         batch.update(self._visual(draws, g, rows, row))
         batch["matched_label"] = (torch.tensor([d["matched"] for d in draws], dtype=torch.long)
                                   if self.task_matched else None)

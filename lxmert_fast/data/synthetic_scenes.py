@@ -9,7 +9,7 @@ fixed random prototypes ``P`` (drawn from the world seed) and noise growing as c
 so a model can recover what the detector "saw" (and a linear probe can, see tests).
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class Scene:
     width: int
     height: int
     objects: List[SceneObject] = field(default_factory=list)
+    world_classes: List[str] = field(default_factory=lambda: list(lx.CLASSES))
     _counts: Optional[Dict[str, int]] = field(default=None, repr=False, compare=False)
 
     def counts(self) -> Dict[str, int]:
@@ -102,11 +103,40 @@ def _boxes(rng: np.random.Generator, large: np.ndarray, width: int, height: int)
     return np.stack([x1, y1, x1 + bw, y1 + bh], axis=1).astype(np.float32)
 
 
-def make_scene(img_id: str, rng: np.random.Generator) -> Scene:
-    """One image: a theme of 2-7 classes, 3-36 objects drawn from it with random attributes."""
+@dataclass(frozen=True)
+class SceneSpec:
+    """How images are drawn: the world's classes are the first ``num_classes`` of
+    ``lexicon.CLASSES``; an image has a theme of ``classes_per_image`` (inclusive range) of them
+    and ``objects_per_image`` objects (binomial between the bounds, mean 30% of the way)."""
+    num_classes: int = len(lx.CLASSES)
+    classes_per_image: Tuple[int, int] = (2, 7)
+    objects_per_image: Tuple[int, int] = (MIN_OBJECTS, MAX_OBJECTS)
+
+    def __post_init__(self):
+        if not 2 <= self.num_classes <= len(lx.CLASSES):
+            raise ValueError(f"num_classes={self.num_classes} must be in [2, {len(lx.CLASSES)}]")
+        lo, hi = self.classes_per_image
+        if not 1 <= lo <= hi <= self.num_classes:
+            raise ValueError(f"classes_per_image={self.classes_per_image} must satisfy "
+                             f"1 <= min <= max <= num_classes={self.num_classes}")
+        lo, hi = self.objects_per_image
+        if not 2 <= lo <= hi <= MAX_OBJECTS:
+            raise ValueError(f"objects_per_image={self.objects_per_image} must satisfy "
+                             f"2 <= min <= max <= {MAX_OBJECTS}")
+
+    @property
+    def classes(self) -> List[str]:
+        return lx.CLASSES[:self.num_classes]
+
+
+def make_scene(img_id: str, rng: np.random.Generator, spec: SceneSpec = SceneSpec()) -> Scene:
+    """One image: a theme of ``spec.classes_per_image`` classes, objects drawn from it with random
+    attributes (the default spec: 2-7 of 46 classes, 3-36 objects)."""
     width, height = int(rng.integers(500, 641)), int(rng.integers(375, 481))
-    theme = rng.choice(len(lx.CLASSES), size=int(rng.integers(2, 8)), replace=False)
-    n = MIN_OBJECTS + int(rng.binomial(MAX_OBJECTS - MIN_OBJECTS, 0.3))
+    lo, hi = spec.classes_per_image
+    theme = rng.choice(spec.num_classes, size=int(rng.integers(lo, hi + 1)), replace=False)
+    lo, hi = spec.objects_per_image
+    n = lo + int(rng.binomial(hi - lo, 0.3))
     cls = theme[rng.integers(len(theme), size=n)]
     colour = rng.integers(len(lx.COLOURS), size=n)
     size = rng.integers(len(lx.SIZES), size=n)
@@ -118,7 +148,7 @@ def make_scene(img_id: str, rng: np.random.Generator) -> Scene:
                            size=lx.SIZES[size[i]], material=lx.MATERIALS[material[i]],
                            box=boxes[i], conf=float(conf[i]), attr_conf=float(attr_conf[i]))
                for i in range(n)]
-    return Scene(img_id, width, height, objects)
+    return Scene(img_id, width, height, objects, world_classes=spec.classes)
 
 
 def scene_record(scene: Scene, protos: Prototypes, rng: np.random.Generator) -> Dict:

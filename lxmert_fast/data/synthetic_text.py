@@ -64,7 +64,7 @@ def region_description(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def _absent_class(scene: Scene, rng: np.random.Generator) -> Optional[str]:
-    absent = [c for c in lx.CLASSES if scene.count(c) == 0]
+    absent = [c for c in scene.world_classes if scene.count(c) == 0]
     return _pick(rng, absent) if absent else None
 
 
@@ -105,7 +105,7 @@ def vqa_question(scene: Scene, rng: np.random.Generator) -> Question:
         holders = {o.cls for o in scene.objects if o.colour == obj.colour}
         if len(holders) == 1:
             return (f"what is the {obj.colour} object?", obj.cls, "other", "what is the",
-                    lx.CLASSES)
+                    scene.world_classes)
     present = rng.random() < 0.5
     cls = _pick(rng, scene.classes()) if present else _absent_class(scene, rng)
     cls = cls or scene.classes()[0]
@@ -171,7 +171,7 @@ def nlvr2_statement(left: Scene, right: Scene, want: bool,
             return f"the {side} image contains {lx.article(o.colour)} {o.colour} {o.cls}"
         have = {(o.colour, o.cls) for o in scene.objects}
         for _ in range(20):
-            colour, cls = _pick(rng, lx.COLOURS), _pick(rng, lx.CLASSES)
+            colour, cls = _pick(rng, lx.COLOURS), _pick(rng, scene.world_classes)
             if (colour, cls) not in have:
                 return f"the {side} image contains {lx.article(colour)} {colour} {cls}"
         return None

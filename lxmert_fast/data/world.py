@@ -25,16 +25,19 @@ from typing import Dict, Iterator, Optional
 import numpy as np
 
 from lxmert_fast.data import lexicon as lx
-from lxmert_fast.data.synthetic_scenes import Prototypes, make_scene, scene_record
+from lxmert_fast.data.synthetic_scenes import Prototypes, SceneSpec, make_scene, scene_record
 from lxmert_fast.data.tokenization import resolve_vocab
 from lxmert_fast.data.world_splits import DEFAULT_SENTENCES, build_splits
 from lxmert_fast.features.tsv import write_obj_tsv
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 DEFAULT_NUM_IMAGES = 1600
+# classes and objects per image of the embedded world (see README: simpler than COCO)
+DEFAULT_SCENES = SceneSpec(num_classes=46, classes_per_image=(2, 7), objects_per_image=(3, 36))
 COMPLETE = "COMPLETE"
 FEATURES_TSV = "features.tsv"
 FEATURE_STORE = "features.store"
+GROUNDED_WORDS = "grounded_words.txt"
 SPLIT_NAMES = ("pretrain_train", "pretrain_valid", "vqa_train", "vqa_valid", "gqa_train",
                "gqa_valid", "nlvr2_train", "nlvr2_valid")
 TABLE_NAMES = ("vqa_ans2label", "vqa_label2ans", "gqa_ans2label", "gqa_label2ans")
@@ -50,6 +53,7 @@ class World:
     splits: Dict[str, str]
     vqa_ans2label: str
     vqa_label2ans: str
+    grounded_words: str
     gqa_ans2label: str
     gqa_label2ans: str
     meta: Dict = field(default_factory=dict)
@@ -65,6 +69,7 @@ class World:
         return cls(root=root, features_tsv=os.path.join(root, FEATURES_TSV),
                    feature_store=feature_store, vocab=vocab,
                    splits={name: path(name) for name in SPLIT_NAMES},
+                   grounded_words=os.path.join(root, GROUNDED_WORDS),
                    **{name: path(name) for name in TABLE_NAMES}, meta=meta)
 
     def open_features(self):
@@ -106,14 +111,36 @@ def sentence_counts(spec: Optional[str]) -> Dict[str, int]:
     return counts
 
 
-def _write_world(tmp: str, seed: int, num_images: int, sentences: Dict[str, int]) -> None:
+def scene_spec(text: Optional[str]) -> SceneSpec:
+    """The default world's SceneSpec, updated from ``"classes=12,per_image=1-3,objects=3-12"``."""
+    values = {"classes": DEFAULT_SCENES.num_classes, "per_image": DEFAULT_SCENES.classes_per_image,
+              "objects": DEFAULT_SCENES.objects_per_image}
+    for item in filter(None, (text or "").split(",")):
+        key, _, value = (part.strip() for part in item.partition("="))
+        lo, _, hi = value.partition("-")
+        if key not in values or not lo.isdigit() or not (hi or lo).isdigit() or \
+                (key == "classes" and hi):
+            raise ValueError(f"world spec item {item!r}: expected classes=N, per_image=MIN-MAX "
+                             f"or objects=MIN-MAX")
+        values[key] = int(lo) if key == "classes" else (int(lo), int(hi or lo))
+    return SceneSpec(values["classes"], values["per_image"], values["objects"])
+
+
+def spec_text(spec: SceneSpec) -> str:
+    (a, b), (c, d) = spec.classes_per_image, spec.objects_per_image
+    return f"classes={spec.num_classes},per_image={a}-{b},objects={c}-{d}"
+
+
+def _write_world(tmp: str, seed: int, num_images: int, sentences: Dict[str, int],
+                 spec: SceneSpec) -> None:
     num_valid = num_valid_images(num_images)
     num_train = num_images - num_valid
     if num_train < 2:
         raise ValueError(f"num_images={num_images} is too small (needs >= {num_valid + 2})")
     names = [f"syn_train_{i:06d}" for i in range(num_train)]
     names += [f"syn_valid_{i:06d}" for i in range(num_valid)]
-    scenes = [make_scene(name, np.random.default_rng([seed, 1, i])) for i, name in enumerate(names)]
+    scenes = [make_scene(name, np.random.default_rng([seed, 1, i]), spec)
+              for i, name in enumerate(names)]
     protos = Prototypes(seed)
     records = (scene_record(s, protos, np.random.default_rng([seed, 3, i]))
                for i, s in enumerate(scenes))
@@ -123,11 +150,13 @@ def _write_world(tmp: str, seed: int, num_images: int, sentences: Dict[str, int]
         _dump_json(obj, os.path.join(tmp, name + ".json"))
     meta = {"version": WORLD_VERSION, "seed": seed, "num_images": num_images,
             "num_train_images": num_train, "num_valid_images": num_valid,
-            "classes": {c: lx.OBJECT_IDS[c] for c in lx.CLASSES},
+            "classes": {c: lx.OBJECT_IDS[c] for c in spec.classes}, "scenes": spec_text(spec),
             "attributes": {a: lx.ATTR_IDS[a] for a in lx.ATTRIBUTES},
             "attrs_id_holds": "colour", "sentences_per_image": sentences,
             "sizes": {name: len(obj) for name, obj in files.items()}}
     _dump_json(meta, os.path.join(tmp, "world.json"))
+    with open(os.path.join(tmp, GROUNDED_WORDS), "w") as f:
+        f.write("\n".join(lx.grounded_words(spec.classes)) + "\n")
     with open(os.path.join(tmp, COMPLETE), "w") as f:
         f.write("ok\n")
 
@@ -145,10 +174,12 @@ def _locked(root: str):
 
 
 def generate_world(root: str, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGES,
-                   sentences: Optional[Dict[str, int]] = None) -> str:
+                   sentences: Optional[Dict[str, int]] = None,
+                   spec: Optional[SceneSpec] = None) -> str:
     """Write the world into ``root`` unless a complete one is there; returns ``root``.
 
-    ``sentences``: sentences per image for "mscoco", "vg", "vqa", "gqa" (default 2, 2, 3, 3).
+    ``sentences``: sentences per image for "mscoco", "vg", "vqa", "gqa" (default 2, 2, 3, 3);
+    ``spec``: classes and objects per image (default ``DEFAULT_SCENES``).
     """
     root = os.path.abspath(root)
     if os.path.isfile(os.path.join(root, COMPLETE)):
@@ -163,7 +194,8 @@ def generate_world(root: str, seed: int = 0, num_images: int = DEFAULT_NUM_IMAGE
                                   f"(no {COMPLETE} marker); remove it or choose another --out")
         tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp-", dir=os.path.dirname(root))
         try:
-            _write_world(tmp, seed, num_images, sentences or dict(DEFAULT_SENTENCES))
+            _write_world(tmp, seed, num_images, sentences or dict(DEFAULT_SENTENCES),
+                         spec or DEFAULT_SCENES)
             os.rename(tmp, root)
         finally:
             if os.path.exists(tmp):
@@ -193,11 +225,17 @@ def default_cache_dir() -> str:
 
 def ensure_world(cache_dir: Optional[str] = None, seed: int = 0, num_images: Optional[int] = None,
                  vocab: Optional[str] = None, use_installed_vocab: bool = True,
-                 feature_store: bool = True) -> World:
-    """Generate (once) and return the synthetic world for ``seed`` and ``num_images``."""
+                 feature_store: bool = True, spec: Optional[SceneSpec] = None) -> World:
+    """Generate (once) and return the synthetic world for ``seed``, ``num_images`` and ``spec``."""
     n = DEFAULT_NUM_IMAGES if num_images is None else int(num_images)
-    root = os.path.join(cache_dir or default_cache_dir(), f"world-{WORLD_VERSION}-{seed}-{n}")
-    return open_world(generate_world(root, seed, n), vocab, use_installed_vocab, feature_store)
+    spec = spec or DEFAULT_SCENES
+    name = f"world-{WORLD_VERSION}-{seed}-{n}"
+    if spec != DEFAULT_SCENES:
+        (a, b), (c, d) = spec.classes_per_image, spec.objects_per_image
+        name += f"-c{spec.num_classes}-p{a}-{b}-o{c}-{d}"
+    root = os.path.join(cache_dir or default_cache_dir(), name)
+    return open_world(generate_world(root, seed, n, spec=spec), vocab, use_installed_vocab,
+                      feature_store)
 
 
 def open_world(root: str, vocab: Optional[str] = None, use_installed_vocab: bool = True,
@@ -218,10 +256,14 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sentences", default=None,
                    help="sentences per image, e.g. 'mscoco=2,vg=2,vqa=3,gqa=3' (the default)")
+    p.add_argument("--scenes", default=None,
+                   help=f"classes and objects per image, e.g. '{spec_text(DEFAULT_SCENES)}' "
+                        f"(the default)")
     p.add_argument("--vocab", default=None, help="vocab.txt to use instead of resolving one")
     p.add_argument("--no_feature_store", action="store_true", help="keep the TSV only")
     args = p.parse_args(argv)
-    root = generate_world(args.out, args.seed, args.num_images, sentence_counts(args.sentences))
+    root = generate_world(args.out, args.seed, args.num_images, sentence_counts(args.sentences),
+                          scene_spec(args.scenes))
     world = open_world(root, args.vocab,
                        feature_store=not args.no_feature_store)
     print(json.dumps({"root": world.root, "features_tsv": world.features_tsv,

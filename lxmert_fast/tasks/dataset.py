@@ -13,6 +13,7 @@ indices, so any rank or resume point rebuilds the same batch.
 """
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from .answers import AnswerLabels
@@ -78,9 +79,22 @@ class TaskDataset:
         return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
                 "attention_mask": mask}
 
-    def _visual(self, recs: Sequence[Record]) -> Dict[str, torch.Tensor]:
+    def image_derangement(self, seed: int = 0) -> Dict[str, str]:
+        """A fixed map of this split's images onto each other with no image left in place (the
+        shuffled-image control of the evaluation; one cycle through a seeded permutation)."""
+        imgs = image_ids(self.records)
+        if len(imgs) < 2:
+            raise TaskDataError(f"the shuffled-image control needs >= 2 images, the {self.task} "
+                                f"split has {len(imgs)}")
+        order = np.random.default_rng([seed, 11]).permutation(len(imgs))
+        return {imgs[a]: imgs[b] for a, b in zip(order, np.roll(order, -1))}
+
+    def _visual(self, recs: Sequence[Record],
+                image_map: Optional[Dict[str, str]] = None) -> Dict[str, torch.Tensor]:
         pair = self.task == "nlvr2"
         imgs = [i for r in recs for i in ((r.img0, r.img1) if pair else (r.img_id,))]
+        if image_map is not None:
+            imgs = [image_map[i] for i in imgs]
         g = self.features.gather(imgs, max_boxes=self.max_boxes)
         feats, pos = g["features"].float(), g["boxes"].float()
         mask = g["box_mask"].long()
@@ -101,8 +115,10 @@ class TaskDataset:
             return self.answers.soft_targets(recs)
         return self.answers.hard_targets(recs)
 
-    def make_batch(self, indices: Sequence[int], with_labels: bool = True) -> Dict:
-        """Model keyword arguments for the examples at ``indices`` (``labels`` if asked)."""
+    def make_batch(self, indices: Sequence[int], with_labels: bool = True,
+                   image_map: Optional[Dict[str, str]] = None) -> Dict:
+        """Model keyword arguments for the examples at ``indices`` (``labels`` if asked);
+        ``image_map`` (``image_derangement``) shows other images with the same sentences."""
         if len(indices) == 0:
             raise ValueError("make_batch got no indices")
         bad = next((i for i in indices if not 0 <= int(i) < len(self.records)), None)
@@ -110,7 +126,7 @@ class TaskDataset:
             raise IndexError(f"example index {bad} out of range [0, {len(self.records)})")
         recs = [self.records[int(i)] for i in indices]
         batch = self.encode([r.sent for r in recs])
-        batch.update(self._visual(recs))
+        batch.update(self._visual(recs, image_map))
         if with_labels:
             batch["labels"] = self.targets(recs)
         return batch

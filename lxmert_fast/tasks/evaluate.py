@@ -48,8 +48,9 @@ def _to_model(batch: Dict, device, dtype) -> Dict:
 
 @torch.no_grad()
 def predict(model, dataset: TaskDataset, batches: Iterable[Sequence[int]], device=None,
-            dtype=None) -> List[int]:
-    """Argmax class of each example of ``batches`` (lists of indices; no labels needed)."""
+            dtype=None, image_map=None) -> List[int]:
+    """Argmax class of each example of ``batches`` (lists of indices; no labels needed);
+    ``image_map``: shown other images (``TaskDataset.image_derangement``)."""
     param = next(iter(model.parameters()))
     device = device or param.device
     dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
@@ -58,20 +59,21 @@ def predict(model, dataset: TaskDataset, batches: Iterable[Sequence[int]], devic
     out: List[int] = []
     try:
         for chunk in batches:
-            batch = _to_model(dataset.make_batch(list(chunk), with_labels=False), device, dtype)
+            batch = _to_model(dataset.make_batch(list(chunk), with_labels=False,
+                                                 image_map=image_map), device, dtype)
             out.extend(logits_of(dataset.task, model(**batch)).argmax(dim=-1).tolist())
     finally:
         model.train(was_training)
     return out
 
 
-def _local_predictions(model, dataset, batch_size, rank, world, device, dtype):
+def _local_predictions(model, dataset, batch_size, rank, world, device, dtype, image_map=None):
     """This rank's (indices, predicted classes). Every rank runs the same number of batches
     (ZeRO-3 gathers parameters collectively inside forward); padding entries are dropped."""
     if batch_size < 1:
         raise ValueError(f"eval batch_size={batch_size} must be >= 1")
     shards = list(eval_shards(len(dataset), batch_size, world, rank))
-    preds = predict(model, dataset, [idx for idx, _ in shards], device, dtype)
+    preds = predict(model, dataset, [idx for idx, _ in shards], device, dtype, image_map)
     flat = [(i, ok) for idx, valid in shards for i, ok in zip(idx, valid)]
     keep = [(i, p) for (i, ok), p in zip(flat, preds) if ok]
     return [i for i, _ in keep], [p for _, p in keep]
@@ -88,18 +90,34 @@ class EvalResult:
         return self.metrics["accuracy"]
 
 
-def evaluate(model, dataset: TaskDataset, split: str = "valid", batch_size: int = 64,
-             device=None, dtype=None, group=None) -> EvalResult:
-    """Predict and score ``dataset`` across the ranks of ``group`` (every rank gets the result)."""
-    rank, world = dist_info(group)
-    indices, preds = _local_predictions(model, dataset, batch_size, rank, world, device, dtype)
-    local = dataset.prediction_items(indices, preds)
+def _score(dataset, indices, local, group) -> ScoreSum:
     total = ScoreSum()
     for (_, _, pred), i in zip(local, indices):
         rec = dataset.records[i]
         if rec.label is not None:
             total.add(example_score(dataset.task, rec, pred))
-    total = total.all_reduce(group)
+    return total.all_reduce(group)
+
+
+def shuffled_image_accuracy(model, dataset: TaskDataset, batch_size: int = 64, device=None,
+                            dtype=None, group=None, seed: int = 0) -> Optional[float]:
+    """The accuracy with every image replaced by another image of the split (a fixed
+    derangement; same sentences and labels): the image-dependence control. A model that
+    ignores the images scores the same as on its own images."""
+    rank, world = dist_info(group)
+    indices, preds = _local_predictions(model, dataset, batch_size, rank, world, device, dtype,
+                                        dataset.image_derangement(seed))
+    return _score(dataset, indices, dataset.prediction_items(indices, preds), group).accuracy
+
+
+def evaluate(model, dataset: TaskDataset, split: str = "valid", batch_size: int = 64,
+             device=None, dtype=None, group=None, control: bool = False) -> EvalResult:
+    """Predict and score ``dataset`` across the ranks of ``group`` (every rank gets the result);
+    ``control``: also ``accuracy_shuffled_images`` (``shuffled_image_accuracy``) in the metrics."""
+    rank, world = dist_info(group)
+    indices, preds = _local_predictions(model, dataset, batch_size, rank, world, device, dtype)
+    local = dataset.prediction_items(indices, preds)
+    total = _score(dataset, indices, local, group)
     if world > 1:
         shards: List = [None] * world
         dist.all_gather_object(shards, [(i, item) for i, item in zip(indices, local)], group=group)
@@ -110,7 +128,11 @@ def evaluate(model, dataset: TaskDataset, split: str = "valid", batch_size: int 
     if len(items) != len(dataset):
         raise RuntimeError(f"evaluation gathered {len(items)} predictions for {len(dataset)} "
                            f"examples over {world} ranks")
-    return EvalResult(metrics_dict(dataset.task, split, total, len(items)), items)
+    metrics = metrics_dict(dataset.task, split, total, len(items))
+    if control and total.count:
+        metrics["accuracy_shuffled_images"] = shuffled_image_accuracy(
+            model, dataset, batch_size, device, dtype, group)
+    return EvalResult(metrics, items)
 
 
 def write_outputs(result: EvalResult, task: str, output_dir: str, split: str = "valid",

@@ -280,17 +280,25 @@ class Evaluator:
 
         step = int(engine.global_steps if step is None else step)
         result = evaluate(engine, self.data.valid, "valid", self.batch_size,
-                          device=engine.device, dtype=engine_dtype(engine))
+                          device=engine.device, dtype=engine_dtype(engine), control=True)
         if env.rank() == 0:
             paths = write_outputs(result, self.args.task, self.args.output_dir, "valid",
                                   extra={"step": step, "records": self.data.sources["valid"]})
             acc = result.accuracy
+            shuffled = result.metrics.get("accuracy_shuffled_images")
+            control = "" if shuffled is None else f" (shuffled images {shuffled:.4f})"
             self.printer(f"{self.args.task} valid @ step {step}: {result.metrics['metric']} "
-                         f"{'n/a' if acc is None else f'{acc:.4f}'} over "
+                         f"{'n/a' if acc is None else f'{acc:.4f}'}{control} over "
                          f"{result.metrics['num_scored']} labelled of "
                          f"{result.metrics['num_predictions']}; {paths['predictions']}")
         acc = result.accuracy
-        return {} if acc is None else {result.metrics["metric"]: acc}
+        if acc is None:
+            return {}
+        out = {result.metrics["metric"]: acc}
+        if "accuracy_shuffled_images" in result.metrics:
+            out[result.metrics["metric"] + "_shuffled_images"] = \
+                result.metrics["accuracy_shuffled_images"]
+        return out
 
 
 def save_final_model(engine, output_dir: str) -> str:

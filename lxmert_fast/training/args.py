@@ -74,6 +74,11 @@ class PretrainArgs(RunArgs):
     max_seq_len: int = 20
     max_boxes: int = 36
     eval_examples: Optional[int] = None       # cap on held-out examples per evaluation
+    world_scenes: Optional[str] = None        # synthetic world's scene spec (None: default)
+    grounded_words: Optional[str] = None      # word list (None: the synthetic world's)
+    grounded_mask_rate: Optional[float] = None  # None: the machine default (GPU: off)
+    initializer_range: Optional[float] = None   # None: 0.02 x sqrt(768 / hidden)
+    itc: Optional[str] = None                 # "on"/"off" (None: the machine default)
 
     def __post_init__(self):
         super().__post_init__()
@@ -84,6 +89,12 @@ class PretrainArgs(RunArgs):
         _positive(self, "qa_from_epoch", minimum=0)
         _positive(self, "max_seq_len", minimum=3)
         _positive(self, "max_boxes")
+        if self.grounded_mask_rate is not None and not 0.0 <= self.grounded_mask_rate <= 1.0:
+            raise ValueError(f"--grounded_mask_rate={self.grounded_mask_rate} must be in [0, 1]")
+        if self.itc not in (None, "on", "off"):
+            raise ValueError(f"--itc={self.itc!r} must be 'on' or 'off'")
+        if self.initializer_range is not None and not self.initializer_range > 0:
+            raise ValueError(f"--initializer_range={self.initializer_range} must be > 0")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout={self.dropout} must be in [0, 1)")
         given = [n for n in ("train_json", "valid_json", "features") if getattr(self, n)]
@@ -134,6 +145,17 @@ def pretrain_parser() -> argparse.ArgumentParser:
     a("--max_seq_len", type=int, default=20)
     a("--max_boxes", type=int, default=36)
     a("--eval_examples", type=int, help="cap on held-out examples per evaluation")
+    a("--world_scenes", help="synthetic world: classes and objects per image, e.g. "
+      "'classes=12,per_image=1-3,objects=3-12' (default: the embedded world's)")
+    a("--grounded_words", help="file of visually grounded words, one per line (object classes, "
+      "attributes, counts): the evaluation reports masked-LM accuracy on them; default: the "
+      "synthetic world's list, none for other data")
+    a("--grounded_mask_rate", type=float, help="mask grounded words with this probability "
+      "instead of 0.15 (80/10/10 kept; default: 0.5 on CPU, off on GPU as in the paper)")
+    a("--itc", choices=("on", "off"), help="add ALBEF's image-text contrastive loss on the "
+      "single-modality encoders' outputs (not in LXMERT's recipe; default: on on CPU, off on GPU)")
+    a("--initializer_range", type=float, help="std of the weight init (default 0.02 x "
+      "sqrt(768 / hidden): BERT's 0.02 for the base model, scaled up for narrower ones)")
     return p
 
 
@@ -149,7 +171,7 @@ def missing_files(args) -> List[str]:
     paths = []
     for name in ("train_json", "valid_json", "features"):
         paths += [(name, p) for p in (getattr(args, name, None) or [])]
-    for name in ("vocab", "deepspeed_config"):
+    for name in ("vocab", "deepspeed_config", "grounded_words"):
         if getattr(args, name, None):
             paths.append((name, getattr(args, name)))
     return [f"--{name} {p}" for name, p in paths if not os.path.exists(p)]

@@ -28,8 +28,10 @@ def _finite(value):
 
 class MetricsLogger:
     def __init__(self, output_dir: str, rank: int, start_step: int, total_steps: int,
-                 tensorboard: bool = True, progress: bool = True):
+                 tensorboard: bool = True, progress: bool = True, eval_format=None):
         self.enabled = rank == 0
+        self.eval_format = eval_format or (
+            lambda results: "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.writer = self.bar = None
         self.print_every = max(1, total_steps // 10)
@@ -97,7 +99,7 @@ class MetricsLogger:
         if self.writer is not None:
             for name, value in results.items():
                 self.writer.add_scalar(f"eval/{name}", value, step)
-        self.print(f"eval @ step {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        self.print(f"eval @ step {step}: " + self.eval_format(results))
 
     def print(self, text: str) -> None:
         if not self.enabled:

@@ -22,7 +22,7 @@ MODEL_SIZES = {
 }
 CPU_DEFAULTS = {"model_size": "small", "max_steps": 200, "batch_size": 32, "lr": 1e-3}
 GPU_DEFAULTS = {"model_size": "base", "max_steps": 1000, "batch_size": 256, "lr": 1e-4}
-TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa")
+TASKS = ("mlm", "matched", "obj", "attr", "feat", "qa", "itc")
 
 
 def resolve_defaults(args, device: str) -> None:
@@ -71,6 +71,22 @@ def _open_features(paths):
     return FeatureStore(paths[0])
 
 
+def read_word_list(path: str) -> list:
+    """Non-empty stripped lines of a word-list file (``--grounded_words``)."""
+    with open(path, encoding="utf-8") as f:
+        words = [line.strip() for line in f if line.strip()]
+    if not words:
+        raise ValueError(f"--grounded_words {path}: the file holds no words")
+    return words
+
+
+def default_init_range(hidden: int) -> float:
+    """BERT's 0.02 for hidden 768, scaled by sqrt(768 / hidden) for other widths (keeps the
+    initial activations' scale of the base model; narrow models at 0.02 sit on a long plateau
+    before they learn cross-modal matching: shared/diagnostics/membership.py)."""
+    return 0.02 * (768 / hidden) ** 0.5
+
+
 def build_data(args) -> PretrainData:
     """Datasets, tokenizer and answer table (every rank builds its own; no collectives)."""
     from lxmert_fast.data.pretrain import AnswerTable, PretrainDataset
@@ -79,21 +95,30 @@ def build_data(args) -> PretrainData:
     if args.train_json is None:
         from lxmert_fast.data.world import ensure_world
 
-        world = ensure_world(seed=0, num_images=args.num_images, vocab=args.vocab)
+        from lxmert_fast.data.world import scene_spec
+
+        world = ensure_world(seed=0, num_images=args.num_images, vocab=args.vocab,
+                             spec=scene_spec(args.world_scenes))
         train_json, valid_json = [world.splits["pretrain_train"]], [world.splits["pretrain_valid"]]
         features, vocab = world.open_features(), world.vocab
         source = f"synthetic world {world.root}"
+        grounded_path = args.grounded_words or world.grounded_words
     else:
         train_json, valid_json = args.train_json, args.valid_json
         features, vocab, source = _open_features(args.features), resolve_vocab(args.vocab), \
             " ".join(train_json)
+        grounded_path = args.grounded_words
+    grounded = read_word_list(grounded_path) if grounded_path else []
     tokenizer = load_tokenizer(vocab)
     saved = os.path.join(args.output_dir, "answer_table.json")
     table = AnswerTable.load(saved) if args.resume and os.path.exists(saved) else None
     common = dict(features=features, tokenizer=tokenizer, max_seq_len=args.max_seq_len,
                   max_boxes=args.max_boxes, seed=args.seed)
-    train = PretrainDataset(train_json, answer_table=table, **common)
-    valid = PretrainDataset(valid_json, answer_table=train.answer_table, train=False, **common)
+    train = PretrainDataset(train_json, answer_table=table, grounded_words=grounded,
+                            grounded_mask_rate=args.grounded_mask_rate, **common)
+    # held-out masking is always the paper's (15% of words): one yardstick for every recipe
+    valid = PretrainDataset(valid_json, answer_table=train.answer_table, train=False,
+                            grounded_words=grounded, **common)
     probe = features.gather([0], max_boxes=1)["features"]
     return PretrainData(train, valid, train.answer_table, vocab, tokenizer.get_vocab_size(),
                         int(probe.shape[-1]), source)
@@ -114,6 +139,8 @@ def model_config(args, data: PretrainData):
         intermediate_size=inter, l_layers=args.l_layers or l_layers,
         x_layers=args.x_layers or x_layers, r_layers=args.r_layers or r_layers,
         num_qa_labels=max(1, len(data.answer_table)), visual_feat_dim=data.feature_dim,
+        initializer_range=args.initializer_range or default_init_range(hidden),
+        task_itc=args.itc == "on",
         kernel_impl=args.kernel_impl, **extra)
 
 

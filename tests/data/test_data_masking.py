@@ -76,3 +76,39 @@ def test_choose_answer_follows_scores():
 def test_extreme_rates(rate):
     ids, labels = mask_words(np.arange(10, 30), np.random.default_rng(0), 100, 3, rate=rate)
     assert ((labels != IGNORE_INDEX).sum() == (20 if rate else 0))
+
+
+def test_grounded_words_masked_at_their_own_rate():
+    vocab, mask_id = 1000, 3
+    tokens = np.arange(500, 520)
+    grounded = np.array([503, 507, 511, 515])           # 4 of the 20 tokens
+    is_g = np.isin(tokens, grounded)
+    chosen_g = chosen_o = masked_g = 0
+    for i in range(3000):
+        ids, labels = mask_words(tokens, np.random.default_rng([0, i]), vocab, mask_id,
+                                 grounded=grounded, grounded_rate=0.5)
+        sel = labels != IGNORE_INDEX
+        chosen_g += sel[is_g].sum()
+        chosen_o += sel[~is_g].sum()
+        masked_g += (ids[sel & is_g] == mask_id).sum()
+    assert _within(chosen_g, 3000 * 4, 0.5)
+    assert _within(chosen_o, 3000 * 16, 0.15)
+    assert _within(masked_g, chosen_g, 0.8)                # 80/10/10 kept for grounded words
+
+
+def test_grounded_rate_off_draws_exactly_as_before():
+    tokens = np.arange(500, 530)
+    for i in range(50):
+        a = mask_words(tokens, np.random.default_rng([1, i]), 1000, 3)
+        b = mask_words(tokens, np.random.default_rng([1, i]), 1000, 3, grounded=np.array([505]),
+                       grounded_rate=None)
+        c = mask_words(tokens, np.random.default_rng([1, i]), 1000, 3, grounded=np.array([505]),
+                       grounded_rate=0.15)
+        for x, y in ((a, b), (a, c)):
+            assert np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1])
+
+
+def test_grounded_rate_checked():
+    with pytest.raises(ValueError, match="grounded_mask_rate=1.5"):
+        mask_words(np.arange(5), np.random.default_rng(0), 100, 3, grounded=np.array([1]),
+                   grounded_rate=1.5)

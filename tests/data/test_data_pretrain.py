@@ -221,3 +221,44 @@ def test_feature_store_gives_the_same_batches(small_world, small_features, small
     for key in ("obj", "attr"):
         assert torch.equal(a["obj_labels"][key][0], b["obj_labels"][key][0])
     assert torch.equal(a["obj_labels"]["feat"][1], b["obj_labels"]["feat"][1])
+
+
+def test_image_derangement_moves_every_image(ds):
+    perm = ds.image_derangement(0)
+    assert sorted(perm) == list(range(len(ds.images)))
+    assert (perm != np.arange(len(ds.images))).all()
+    assert np.array_equal(perm, ds.image_derangement(0))          # fixed: reproducible
+    assert not np.array_equal(perm, ds.image_derangement(1))
+
+
+def test_shuffled_images_keep_text_and_labels(small_world, small_features, small_tokenizer):
+    ev = _make(small_world, small_features, small_tokenizer, train=False, seed=2)
+    idx = list(range(0, 60, 3))
+    own, perm = ev.make_batch(idx), ev.image_derangement(0)
+    shuf = ev.make_batch(idx, image_perm=perm)
+    for key in ("input_ids", "attention_mask", "labels", "matched_label", "ans"):
+        assert torch.equal(own[key], shuf[key]), key
+    for b, i in enumerate(idx):                 # the image shown is the deranged one
+        other = ev.images[perm[ev._img_pos[i]]]
+        want = small_features.gather([small_features.index(other)], max_boxes=ev.max_boxes)
+        assert torch.equal(shuf["obj_labels"]["obj"][0][b], want["objects_id"][0].long())
+        assert torch.equal(shuf["visual_pos"][b], want["boxes"][0].float())
+    assert not torch.equal(own["visual_pos"], shuf["visual_pos"])
+    with pytest.raises(ValueError, match="image_perm has 3 entries"):
+        ev.make_batch(idx, image_perm=np.arange(3))
+
+
+def test_grounded_ids_and_rate(small_world, small_features, small_tokenizer):
+    words = open(small_world.grounded_words).read().split()
+    assert "dog" in words and "dogs" in words and "red" in words and "two" in words
+    ds = _make(small_world, small_features, small_tokenizer, grounded_words=words,
+               grounded_mask_rate=1.0, task_matched=False)
+    vocab = small_tokenizer.get_vocab()
+    assert vocab["red"] in ds.grounded_ids and vocab["the"] not in ds.grounded_ids
+    b = ds.make_batch(range(40))
+    grounded = torch.isin(torch.where(b["labels"] >= 0, b["labels"], b["input_ids"]),
+                          torch.as_tensor(ds.grounded_ids)) & (b["attention_mask"] > 0)
+    assert grounded.any() and (b["labels"][grounded] >= 0).all()   # rate 1: every one masked
+    with pytest.raises(ValueError, match="needs grounded words"):
+        _make(small_world, small_features, small_tokenizer, grounded_words=["zzqx##"],
+              grounded_mask_rate=0.5)

@@ -11,8 +11,9 @@ import pytest
 
 from lxmert_fast.data import lexicon as lx
 from lxmert_fast.data.records import validate_record
-from lxmert_fast.data.world import (COMPLETE, FEATURES_TSV, SPLIT_NAMES, TABLE_NAMES, World,
-                                    ensure_world, generate_world, main, num_valid_images)
+from lxmert_fast.data.world import (COMPLETE, FEATURES_TSV, SPLIT_NAMES, TABLE_NAMES,
+                                    WORLD_VERSION, World, ensure_world, generate_world, main,
+                                    num_valid_images, scene_spec, spec_text)
 from lxmert_fast.features.tsv import FIELDNAMES, load_obj_tsv
 
 ID2CLASS = {v: k for k, v in lx.OBJECT_IDS.items()}
@@ -200,7 +201,7 @@ def test_refuses_foreign_directory(tmp_path):
 def test_ensure_world_cache_env_and_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("LXMERT_FAST_CACHE", str(tmp_path))
     world = ensure_world(seed=2, num_images=20, feature_store=False)
-    assert world.root == os.path.join(str(tmp_path), "world-2-2-20")
+    assert world.root == os.path.join(str(tmp_path), f"world-{WORLD_VERSION}-2-20")
     assert set(world.splits) == set(SPLIT_NAMES)
     for path in list(world.splits.values()) + [getattr(world, t) for t in TABLE_NAMES]:
         assert os.path.isfile(path)
@@ -222,3 +223,31 @@ def test_cli(tmp_path, capsys):
         main(["--out", str(tmp_path / "x"), "--sentences", "coco=1"])
     with pytest.raises(ValueError, match="num_images=3"):
         generate_world(str(tmp_path / "tiny"), num_images=3)
+
+
+def test_scene_spec_shapes_the_world(tmp_path, monkeypatch):
+    monkeypatch.setenv("LXMERT_FAST_CACHE", str(tmp_path))
+    spec = scene_spec("classes=5,per_image=1-2,objects=3-6")
+    world = ensure_world(seed=1, num_images=40, feature_store=False, spec=spec)
+    assert world.root.endswith("-c5-p1-2-o3-6") and world.meta["scenes"] == spec_text(spec)
+    allowed = {lx.OBJECT_IDS[c] for c in lx.CLASSES[:5]}
+    for rec in load_obj_tsv(world.features_tsv):
+        assert 3 <= rec["num_boxes"] <= 6
+        assert 1 <= len(set(rec["objects_id"].tolist())) <= 2
+        assert set(rec["objects_id"].tolist()) <= allowed
+    for rec in _load(world, "pretrain_train"):      # questions name the world's classes only
+        for sent in rec["sentf"]["vqa"]:
+            m = re.match(r"is there an? (\w+) in the picture\?", sent)
+            assert m is None or m.group(1) in lx.CLASSES[:5]
+    words = open(world.grounded_words).read().split()
+    assert "dog" in words and "dogs" in words and "chair" not in words and "seven" in words
+
+
+@pytest.mark.parametrize("text, match", [("classes=1", "num_classes=1"),
+                                         ("per_image=3-2", "classes_per_image"),
+                                         ("objects=1-40", "objects_per_image"),
+                                         ("colours=3", "'colours=3'"),
+                                         ("classes=4-5", "'classes=4-5'")])
+def test_scene_spec_errors_name_the_value(text, match):
+    with pytest.raises(ValueError, match=match):
+        scene_spec(text)

@@ -85,3 +85,22 @@ def test_bad_inputs_are_named(task_world, task_features, task_tokenizer):
         TaskDataset("nlvr2", unlabelled, task_features, task_tokenizer)
     with pytest.raises(ValueError, match="loss='mse'"):
         TaskDataset("vqa", unlabelled, task_features, task_tokenizer, answers, loss="mse")
+
+
+@pytest.mark.parametrize("task", ["vqa", "nlvr2"])
+def test_shuffled_image_control_keeps_text_and_labels(task_world, task_features, task_tokenizer,
+                                                      task):
+    ds = _data(task_world, task_features, task_tokenizer, task).valid
+    image_map = ds.image_derangement(0)
+    assert sorted(image_map) == sorted(image_map.values())            # a permutation ...
+    assert all(a != b for a, b in image_map.items())                  # ... moving every image
+    assert image_map == ds.image_derangement(0)
+    idx = [0, 1, 5]
+    own, shuf = ds.make_batch(idx), ds.make_batch(idx, image_map=image_map)
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(own[key], shuf[key])
+    rec = ds.records[idx[1]]
+    shown = image_map[rec.img0 if task == "nlvr2" else rec.img_id]
+    want = task_features.gather([shown], max_boxes=ds.max_boxes)["features"][0].float()
+    got = shuf["visual_feats"][1, 0] if task == "nlvr2" else shuf["visual_feats"][1]
+    assert torch.equal(got, want)

@@ -66,7 +66,10 @@ def test_run_writes_metrics_predictions_and_model(vqa_run):
     with open(os.path.join(vqa_run, "metrics.jsonl")) as f:
         lines = [json.loads(line) for line in f]
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, FINETUNE_STEPS + 1))
-    assert lines[-1]["eval"] == {"vqa_soft_accuracy": metrics["accuracy"]}
+    assert lines[-1]["eval"] == {"vqa_soft_accuracy": metrics["accuracy"],
+                                 "vqa_soft_accuracy_shuffled_images":
+                                     metrics["accuracy_shuffled_images"]}
+    assert 0.0 <= metrics["accuracy_shuffled_images"] <= 1.0
 
 
 @pytest.mark.slow
@@ -84,6 +87,8 @@ def test_eval_only_on_two_ranks_equals_one(vqa_run, run_env, tmp_path):
     one, two = _metrics(trained, "vqa"), _metrics(str(out), "vqa")
     assert two["num_scored"] == one["num_scored"] == two["num_predictions"]
     assert two["accuracy"] == pytest.approx(one["accuracy"], abs=1e-12)
+    assert two["accuracy_shuffled_images"] == pytest.approx(one["accuracy_shuffled_images"],
+                                                            abs=1e-12)
     name = "vqa_valid_predictions.json"
     assert read_predictions("vqa", str(out / name)) == \
         read_predictions("vqa", os.path.join(trained, name))
