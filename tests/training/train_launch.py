@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,7 +90,19 @@ def run_two_nodes(args, cache_dir, tmp_dir, timeout=600):
     port = free_port()
     procs = [start(args, cache_dir, ranks=2, cmd=node_command(args, hostfile, i, port))
              for i in (0, 1)]
-    outs = [_wait(p, timeout) for p in procs]
+    outs = [None, None]
+    readers = [threading.Thread(target=lambda i=i: outs.__setitem__(i, procs[i].communicate()[0]))
+               for i in (0, 1)]
+    for t in readers:
+        t.start()
+    end = time.time() + timeout
+    while any(t.is_alive() for t in readers):
+        failed = any(p.poll() not in (None, 0) for p in procs)   # one node failed: stop both
+        if failed or time.time() > end:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+        time.sleep(0.2)
     for i, (p, out) in enumerate(zip(procs, outs)):
         if p.returncode != 0:
             raise AssertionError(f"node {i} exited {p.returncode}:\n{out[-6000:]}")
