@@ -2,7 +2,8 @@
 model: the manifest and fsyncs before `latest` moves, verified resume falling back past a
 truncated / garbage / deleted file with a bit-identical continuation, a broken `latest`, a save
 that fails part-way, a pre-manifest checkpoint, rotation counting only verified checkpoints,
-and export verifying what it exports. Launched multi-rank cases: test_train_multinode.py."""
+and export verifying what it exports, a save killed mid-way skipped. Launched multi-rank cases:
+test_train_multinode.py."""
 import os
 import shutil
 import zlib
@@ -217,3 +218,18 @@ def test_export_verifies_the_checkpoint(run, tmp_path, capsys):
                      weights_only=False)["module"]
     assert sorted(state) == sorted(ref)
     assert all(torch.equal(state[k], ref[k].float()) for k in ref)
+
+
+def test_a_save_killed_mid_way_is_skipped_and_replaced(run, tmp_path, capsys):
+    out, ckpt = _copy(run, tmp_path)
+    partial = os.path.join(ckpt.dir, tag_for(STEPS + 1))     # a rank died while writing it
+    os.makedirs(partial)
+    with open(os.path.join(partial, "mp_rank_00_model_states.pt"), "wb") as f:
+        f.write(b"PK\x03\x04")
+    engine, state, said = _resume(ckpt, capsys)
+    assert state["step"] == STEPS
+    assert f"{partial} is newer than 'latest' ({tag_for(STEPS)}): a save that did not " \
+           f"complete; not used" in said
+    _step(engine)
+    ckpt.save(engine, STEPS + 1, {})
+    assert mf.quick_verify(partial) and ckpt.latest_tag() == tag_for(STEPS + 1)
