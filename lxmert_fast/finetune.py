@@ -30,9 +30,9 @@ def build(args, info):
 
     ds_config = runner.load_ds_config(args, info["device"], info["world_size"])
     ckpt = Checkpointer(args.output_dir, args.keep_last)
-    if args.eval_only and args.resume and not ckpt.latest_tag():
+    if args.eval_only and args.resume and not ckpt.has_checkpoints():
         raise FileNotFoundError(f"--eval_only --resume: no checkpoint in {ckpt.dir}")
-    if ckpt.latest_tag() and not (args.resume or args.eval_only):
+    if ckpt.has_checkpoints() and not (args.resume or args.eval_only):
         raise FileExistsError(f"{args.output_dir} already holds checkpoints: pass --resume to "
                               f"continue that run, or choose another --output_dir")
     data = runner.build_data(args)
@@ -52,8 +52,8 @@ def build(args, info):
         engine.gradient_accumulation_steps(), env.world_size(), env.rank(), args.seed)
     env.seed_everything(args.seed, env.rank())   # dropout differs by rank
     start = 0
-    if args.resume and ckpt.latest_tag():
-        state = ckpt.load(engine)
+    state = ckpt.load(engine) if args.resume else None    # verified, with a fallback
+    if state is not None:
         start = sampler.load_state_dict(state["sampler"]) if sampler else int(state["step"])
     elif args.resume and env.rank() == 0:
         print(f"--resume: no checkpoint in {args.output_dir} yet; starting from step 0")

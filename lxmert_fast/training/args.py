@@ -71,8 +71,8 @@ class PretrainArgs(RunArgs):
     dropout: Optional[float] = None
     batch_size: Optional[int] = None          # global batch when no ds_config is given
     qa_from_epoch: int = 0
-    max_seq_len: int = 20
-    max_boxes: int = 36
+    max_seq_len: Optional[int] = None         # None: 20; the synthetic world's longest sentence
+    max_boxes: Optional[int] = None           # None: the synthetic world's most objects, else 36
     eval_examples: Optional[int] = None       # cap on held-out examples per evaluation
     world_scenes: Optional[str] = None        # synthetic world's scene spec (None: default)
     grounded_words: Optional[str] = None      # word list (None: the synthetic world's)
@@ -142,8 +142,10 @@ def pretrain_parser() -> argparse.ArgumentParser:
     a("--dropout", type=float, help="hidden and attention dropout (default 0.1)")
     a("--batch_size", type=int, help="global batch when no --deepspeed_config is given")
     a("--qa_from_epoch", type=int, default=0, help="QA loss only from this epoch on")
-    a("--max_seq_len", type=int, default=20)
-    a("--max_boxes", type=int, default=36)
+    a("--max_seq_len", type=int, help="tokens per sentence with [CLS]/[SEP] (default: 20; the "
+      "synthetic world's longest sentence, which pads less)")
+    a("--max_boxes", type=int, help="objects per image (default: 36; the synthetic world's "
+      "largest object count, which pads less)")
     a("--eval_examples", type=int, help="cap on held-out examples per evaluation")
     a("--world_scenes", help="synthetic world: classes and objects per image, e.g. "
       "'classes=12,per_image=1-3,objects=3-12' (default: the embedded world's)")

@@ -1,7 +1,7 @@
 """DeepSpeed engine construction, task-agnostic (pretraining and fine-tuning share it).
 
 `deepspeed.initialize(model, optimizer, lr_scheduler, config)` with an optimizer and schedule we
-build: torch.optim.AdamW (fused on CUDA) with BERT's no-decay groups (biases and LayerNorm
+build: torch.optim.AdamW (fused, CUDA and CPU) with BERT's no-decay groups (biases and LayerNorm
 weights, as the original's BertAdam set-up), and the warm-up + linear-decay LambdaLR. Handing
 DeepSpeed the config's "AdamW" instead would JIT-build FusedAdam (~90 s on CPU).
 """
@@ -34,9 +34,9 @@ def build_engine(model: torch.nn.Module, ds_config: dict, total_steps: int,
     if lr is not None:
         opt_args["lr"] = lr
     weight_decay = opt_args.pop("weight_decay")
-    fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), fused=fused or None,
-                                  **opt_args)
+    # fused AdamW (one kernel over all parameters) on CUDA and CPU: on this 2-core CPU 22 ms
+    # vs 105 ms per step of the for-loop implementation for the small model's 6.7M parameters
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), fused=True, **opt_args)
     scheduler = build_scheduler(optimizer, total_steps, warmup_ratio)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                            lr_scheduler=scheduler, config=cfg)
