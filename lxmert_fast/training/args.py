@@ -153,7 +153,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
       "attributes, counts): the evaluation reports masked-LM accuracy on them; default: the "
       "synthetic world's list, none for other data")
     a("--grounded_mask_rate", type=float, help="mask grounded words with this probability "
-      "instead of 0.15 (80/10/10 kept; default: 0.5 on CPU, off on GPU as in the paper)")
+      "instead of 0.15 (80/10/10 kept; default: 0.5 on CPU where grounded words are known, "
+      "off on GPU as in the paper)")
     a("--itc", choices=("on", "off"), help="add ALBEF's image-text contrastive loss on the "
       "single-modality encoders' outputs (not in LXMERT's recipe; default: on on CPU, off on GPU)")
     a("--initializer_range", type=float, help="std of the weight init (default 0.02 x "

@@ -42,8 +42,8 @@ def resolve_defaults(args, device: str) -> None:
         args.batch_size = defaults["batch_size"]
     if args.lr is None and not args.deepspeed_config:
         args.lr = defaults["lr"]
-    if args.grounded_mask_rate is None:
-        args.grounded_mask_rate = defaults["grounded_mask_rate"]
+    if args.grounded_mask_rate is None and (args.train_json is None or args.grounded_words):
+        args.grounded_mask_rate = defaults["grounded_mask_rate"]   # only where words are known
     if args.itc is None:
         args.itc = defaults["itc"]
     if args.save_steps is None:

@@ -10,23 +10,8 @@ import torch
 
 from lxmert_fast.training.checkpoint import (CheckpointError, Checkpointer,
                                               CheckpointSaveError, tag_for)
+from tiny_engine import tiny_engine, tiny_step
 
-
-def _engine():
-    from lxmert_fast.training import ds_config as dsc
-    from lxmert_fast.training.engine import build_engine
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
-    cfg = dsc.validate({"train_batch_size": 4}, world_size=1)
-    return build_engine(model, cfg, total_steps=20, warmup_ratio=0.1, lr=1e-2)
-
-
-def _step(engine):
-    loss = engine(torch.randn(4, 6)).pow(2).mean()
-    engine.backward(loss)
-    engine.step()
-    return loss.item()
 
 
 def _params(engine):
@@ -34,20 +19,20 @@ def _params(engine):
 
 
 def test_keep_last_rotation_latest_and_exact_state_restore(process_group, tmp_path):
-    engine = _engine()
+    engine = tiny_engine()
     ckpt = Checkpointer(str(tmp_path), keep_last=2)
     assert ckpt.latest_tag() is None
     for step in range(1, 5):
-        _step(engine)
+        tiny_step(engine)
         ckpt.save(engine, step, {"note": step})
     assert ckpt.tags() == [tag_for(3), tag_for(4)]
     assert ckpt.latest_tag() == tag_for(4)
     assert os.path.exists(os.path.join(ckpt.dir, tag_for(4), "rng_rank00000.pt"))
     weights, lr = _params(engine), engine.get_lr()[0]
     expected = (torch.rand(3), np.random.rand(), random.random())
-    later = [_step(engine) for _ in range(3)]
+    later = [tiny_step(engine) for _ in range(3)]
 
-    restored = _engine()
+    restored = tiny_engine()
     torch.manual_seed(123)
     state = Checkpointer(str(tmp_path), keep_last=2).load(restored)
     assert state["step"] == 4 and state["note"] == 4
@@ -57,13 +42,13 @@ def test_keep_last_rotation_latest_and_exact_state_restore(process_group, tmp_pa
     got = (torch.rand(3), np.random.rand(), random.random())
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
     # same RNG, weights, optimizer and schedule: the continuation is bit-identical
-    assert [_step(restored) for _ in range(3)] == later
+    assert [tiny_step(restored) for _ in range(3)] == later
 
 
 def test_latest_does_not_move_when_a_save_fails(process_group, tmp_path):
-    engine = _engine()
+    engine = tiny_engine()
     ckpt = Checkpointer(str(tmp_path), keep_last=3)
-    _step(engine)
+    tiny_step(engine)
     ckpt.save(engine, 1, {})
 
     def broken(save_dir, tag, client_state, save_latest):
@@ -86,7 +71,7 @@ def test_latest_does_not_move_when_a_save_fails(process_group, tmp_path):
 
 
 def test_load_errors_name_the_problem(process_group, tmp_path):
-    engine = _engine()
+    engine = tiny_engine()
     ckpt = Checkpointer(str(tmp_path))
     assert ckpt.load(engine) is None                  # nothing saved yet: start at step 0
     os.makedirs(ckpt.dir)

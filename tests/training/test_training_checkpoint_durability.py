@@ -16,36 +16,21 @@ from lxmert_fast.training import checkpoint_manifest as mf
 from lxmert_fast.training import env
 from lxmert_fast.training.checkpoint import (CheckpointError, Checkpointer, CheckpointSaveError,
                                              tag_for)
+from tiny_engine import tiny_engine, tiny_step
 
 STEPS = 4          # checkpoints at steps 1..4; the reference continues to step 7
 
-
-def _engine():
-    from lxmert_fast.training import ds_config as dsc
-    from lxmert_fast.training.engine import build_engine
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
-    cfg = dsc.validate({"train_batch_size": 4}, world_size=1)
-    return build_engine(model, cfg, total_steps=20, warmup_ratio=0.1, lr=1e-2)
-
-
-def _step(engine):
-    loss = engine(torch.randn(4, 6)).pow(2).mean()   # inputs and dropout from the global RNG
-    engine.backward(loss)
-    engine.step()
-    return loss.item()
 
 
 @pytest.fixture(scope="module")
 def run(process_group, tmp_path_factory):
     """A run dir with checkpoints 1..4 and the losses of steps 1..7 of the uninterrupted run."""
     out = str(tmp_path_factory.mktemp("run"))
-    engine, ckpt = _engine(), Checkpointer(out, keep_last=10)
+    engine, ckpt = tiny_engine(), Checkpointer(out, keep_last=10)
     env.seed_everything(0, 0)
     losses = {}
     for step in range(1, 8):
-        losses[step] = _step(engine)
+        losses[step] = tiny_step(engine)
         if step <= STEPS:
             ckpt.save(engine, step, {"note": step})
     return out, losses
@@ -58,7 +43,7 @@ def _copy(run, tmp_path):
 
 
 def _resume(ckpt, capsys):
-    engine = _engine()
+    engine = tiny_engine()
     env.seed_everything(123, 0)        # a fresh process: the checkpoint's RNG must replace this
     state = ckpt.load(engine)
     return engine, state, capsys.readouterr().out
@@ -71,8 +56,8 @@ def test_manifest_lists_every_file_and_everything_is_fsynced_before_latest(proce
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", b)),
                                                      real_replace(a, b)))
-    engine, ckpt = _engine(), Checkpointer(str(tmp_path))
-    _step(engine)
+    engine, ckpt = tiny_engine(), Checkpointer(str(tmp_path))
+    tiny_step(engine)
     ckpt.save(engine, 1, {})
     tag_dir = os.path.join(ckpt.dir, tag_for(1))
     body = mf.read_manifest(tag_dir)
@@ -124,7 +109,7 @@ def test_damaged_latest_falls_back_and_continues_bit_identically(run, tmp_path, 
     assert f"checkpoint {tag_for(STEPS)} failed verification: {bad}" in said and what in said
     assert f"falling back to {tag_for(STEPS - 1)}" in said
     assert ckpt.latest_tag() == tag_for(STEPS - 1)     # `latest` no longer names the bad one
-    assert [_step(engine) for _ in range(STEPS, 8)] == [run[1][s] for s in range(STEPS, 8)]
+    assert [tiny_step(engine) for _ in range(STEPS, 8)] == [run[1][s] for s in range(STEPS, 8)]
 
 
 @pytest.mark.parametrize("content,what", [(b"", "is empty"),
@@ -142,7 +127,7 @@ def test_broken_latest_falls_back_to_the_newest_verified(run, tmp_path, capsys, 
     assert state["step"] == STEPS
     assert f"--resume: {latest} " in said and (what or "does not exist") in said
     assert "looking for the newest checkpoint that verifies" in said
-    assert [_step(engine) for _ in range(STEPS, 7)] == [run[1][s] for s in range(STEPS + 1, 8)]
+    assert [tiny_step(engine) for _ in range(STEPS, 7)] == [run[1][s] for s in range(STEPS + 1, 8)]
 
 
 def test_nothing_verifies_lists_every_checkpoint(run, tmp_path, capsys):
@@ -168,7 +153,7 @@ def test_a_save_failing_part_way_keeps_latest_and_resumes_bit_identically(run, t
                                                                           capsys, monkeypatch):
     out, ckpt = _copy(run, tmp_path)
     engine, state, _ = _resume(ckpt, capsys)
-    _step(engine)
+    tiny_step(engine)
     real_save = torch.save
 
     def enospc(obj, f, *args, **kwargs):
@@ -186,7 +171,7 @@ def test_a_save_failing_part_way_keeps_latest_and_resumes_bit_identically(run, t
     assert tag_for(STEPS + 1) not in ckpt.tags()
     engine, state, _ = _resume(ckpt, capsys)
     assert state["step"] == STEPS
-    assert [_step(engine) for _ in range(STEPS, 7)] == [run[1][s] for s in range(STEPS + 1, 8)]
+    assert [tiny_step(engine) for _ in range(STEPS, 7)] == [run[1][s] for s in range(STEPS + 1, 8)]
 
 
 def test_rotation_counts_only_verified_checkpoints(run, tmp_path, capsys):
@@ -194,11 +179,11 @@ def test_rotation_counts_only_verified_checkpoints(run, tmp_path, capsys):
     ckpt.keep_last = 2
     _truncate(os.path.join(ckpt.dir, tag_for(STEPS), "mp_rank_00_model_states.pt"))
     engine, state, _ = _resume(ckpt, capsys)           # falls back to STEPS - 1
-    _step(engine)
+    tiny_step(engine)
     ckpt.save(engine, STEPS, {})                       # rewrites the damaged step
     assert ckpt.tags() == [tag_for(STEPS - 1), tag_for(STEPS)]
     _truncate(os.path.join(ckpt.dir, tag_for(STEPS), "rng_rank00000.pt"))
-    _step(engine)
+    tiny_step(engine)
     ckpt.save(engine, STEPS + 1, {})
     # the damaged STEPS does not count: STEPS - 1 stays for a fallback
     assert ckpt.tags() == [tag_for(STEPS - 1), tag_for(STEPS), tag_for(STEPS + 1)]
@@ -230,6 +215,6 @@ def test_a_save_killed_mid_way_is_skipped_and_replaced(run, tmp_path, capsys):
     assert state["step"] == STEPS
     assert f"{partial} is newer than 'latest' ({tag_for(STEPS)}): a save that did not " \
            f"complete; not used" in said
-    _step(engine)
+    tiny_step(engine)
     ckpt.save(engine, STEPS + 1, {})
     assert mf.quick_verify(partial) and ckpt.latest_tag() == tag_for(STEPS + 1)
