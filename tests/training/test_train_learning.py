@@ -8,19 +8,13 @@ Measured on the 2-core CPU (README, "Pretraining"): masked LM on grounded words 
 images vs 0.184 shuffled (chance 0.056), QA 0.529 vs 0.502 (0.409), matching 0.543 vs 0.522
 (0.512). The asserted margins are about half the measured gaps; the learning issue's targets
 (grounded +0.15, QA +0.08, matching >= 0.70, NLVR2-style transfer) are not met yet, so matching is
-printed, not asserted.
-
-Fine-tuning on the VQA-style task from the run's export beats the same fine-tuning from scratch
-(measured: soft accuracy 0.568, shuffled images 0.532, vs scratch 0.447 / 0.450 on 300 held-out
-questions); on the NLVR2-style task it does not yet (0.54 vs 0.57 on 100 pairs: README)."""
+printed, not asserted. The same recipe run longer (the shipped model) reaches them:
+test_pretrained_small.py, which also holds the fine-tuning transfer test."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from train_launch import REPO, eval_lines, losses, run, run_env
+from train_launch import eval_lines, losses, run
 
 pytestmark = pytest.mark.slow
 
@@ -47,31 +41,3 @@ def test_default_cpu_run_uses_the_image(default_run):
     assert final["mlm_acc"] > final["mlm_acc_shuffled"] + 0.01
     assert final["qa_acc"] > final["qa_acc_shuffled"]
     assert final["qa_acc"] >= final["qa_chance"] + 0.06
-
-
-def _finetune(task, out_dir, pretrained=None):
-    cmd = [sys.executable, "lxmert_fast/finetune.py", "--task", task, "--output_dir", out_dir,
-           "--no_progress", "--no_tensorboard"]
-    if pretrained:
-        cmd += ["--from_pretrained", pretrained]
-    proc = subprocess.run(cmd, cwd=REPO, env=run_env(None, None), capture_output=True,
-                          text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    with open(os.path.join(out_dir, f"{task}_valid_metrics.json")) as f:
-        return json.load(f)
-
-
-def test_vqa_finetuning_from_the_export_beats_scratch(default_run, tmp_path):
-    task = "vqa"
-    out_dir, _ = default_run
-    export = os.path.join(out_dir, "export")
-    if not os.path.isdir(export):
-        subprocess.run([sys.executable, "-m", "lxmert_fast.training.export", out_dir, export],
-                       cwd=REPO, env=run_env(None, None), check=True, capture_output=True)
-    pre = _finetune(task, str(tmp_path / "pretrained"), export)
-    scratch = _finetune(task, str(tmp_path / "scratch"))
-    print(f"{task}: pretrained {pre['accuracy']:.4f} (shuffled images "
-          f"{pre['accuracy_shuffled_images']:.4f}), scratch {scratch['accuracy']:.4f} "
-          f"(shuffled images {scratch['accuracy_shuffled_images']:.4f})")
-    assert pre["accuracy"] >= scratch["accuracy"] + 0.05
-    assert pre["accuracy_shuffled_images"] < pre["accuracy"]
