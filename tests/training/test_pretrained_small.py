@@ -20,24 +20,11 @@ from lxmert_fast.data.pretrain import AnswerTable, PretrainDataset
 from lxmert_fast.data.tokenization import load_tokenizer
 from lxmert_fast.data.world import ensure_world
 from lxmert_fast.training.evaluate import evaluate_pretraining
+from tiny_engine import PlainEngine
 from train_launch import REPO, run_env
 
 SHIPPED = os.path.join(REPO, "pretrained", "lxmert-small-synthetic")
 GROUNDED_GAP, QA_GAP = 0.10, 0.08   # measured: +0.135 and +0.138 (README)
-
-
-class _Engine:
-    def __init__(self, model):
-        self.module, self.device = model, torch.device("cpu")
-
-    def __call__(self, **kw):
-        return self.module(**kw)
-
-    def bfloat16_enabled(self):
-        return False
-
-    def fp16_enabled(self):
-        return False
 
 
 def test_shipped_model_matches_sentences_to_images():
@@ -51,7 +38,7 @@ def test_shipped_model_matches_sentences_to_images():
                             train=False, max_boxes=12, max_seq_len=16,
                             grounded_words=open(world.grounded_words).read().split())
     with torch.no_grad():
-        res = evaluate_pretraining(_Engine(model), valid, batch_size=100)
+        res = evaluate_pretraining(PlainEngine(model), valid, batch_size=100)
     print("held-out:", json.dumps({k: round(v, 4) for k, v in res.items()}))
     assert res["matched_acc"] >= 0.70 and res["matched_acc_shuffled"] <= 0.60
     assert res["mlm_grounded_acc"] >= res["mlm_grounded_acc_shuffled"] + GROUNDED_GAP

@@ -10,22 +10,7 @@ from lxmert_fast.data.pretrain import PretrainDataset
 from lxmert_fast.data.tokenization import load_tokenizer
 from lxmert_fast.data.world import generate_world, open_world
 from lxmert_fast.training.evaluate import evaluate_pretraining, format_results
-
-
-class _Engine:
-    """The engine surface evaluate_pretraining uses, around a plain module (fp32, CPU)."""
-
-    def __init__(self, model):
-        self.module, self.device = model, torch.device("cpu")
-
-    def __call__(self, **kw):
-        return self.module(**kw)
-
-    def bfloat16_enabled(self):
-        return False
-
-    def fp16_enabled(self):
-        return False
+from tiny_engine import PlainEngine
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +39,7 @@ def _model(valid, blind):
 
 
 def test_blind_model_scores_the_same_with_shuffled_images(valid):
-    res = evaluate_pretraining(_Engine(_model(valid, blind=True)), valid, batch_size=16)
+    res = evaluate_pretraining(PlainEngine(_model(valid, blind=True)), valid, batch_size=16)
     for key in ("mlm", "mlm_grounded", "matched", "qa"):
         assert res[f"{key}_acc"] == res[f"{key}_acc_shuffled"], key
         assert res[f"{key}_count"] > 0 and 0 < res[f"{key}_chance"] <= 1
@@ -62,7 +47,7 @@ def test_blind_model_scores_the_same_with_shuffled_images(valid):
     assert "loss_mlm" in res and "loss_matched" in res
 
 
-class _ImageReadingEngine(_Engine):
+class _ImageReadingEngine(PlainEngine):
     """Its matching score flips with the image: positive iff the first box of the image shown
     lies in the left half (a rule of the image alone, which a derangement of images changes)."""
 

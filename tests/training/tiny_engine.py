@@ -1,5 +1,5 @@
-"""A real single-process CPU DeepSpeed engine around a toy model, for the in-process
-checkpoint tests (needs the session's process group: conftest.process_group)."""
+"""Engines for in-process tests: a real single-process CPU DeepSpeed engine around a toy model
+for the checkpoint tests (needs conftest.process_group), and PlainEngine for evaluation tests."""
 import torch
 
 
@@ -19,3 +19,20 @@ def tiny_step(engine) -> float:
     engine.backward(loss)
     engine.step()
     return loss.item()
+
+
+class PlainEngine:
+    """The engine surface the evaluation uses (call, module, device, dtype flags) around a
+    plain fp32 CPU module, for evaluating a model without DeepSpeed."""
+
+    def __init__(self, model):
+        self.module, self.device = model, torch.device("cpu")
+
+    def __call__(self, **kw):
+        return self.module(**kw)
+
+    def bfloat16_enabled(self):
+        return False
+
+    def fp16_enabled(self):
+        return False
