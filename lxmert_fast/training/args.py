@@ -12,6 +12,7 @@ from typing import List, Optional
 
 MODEL_SIZES = ("auto", "tiny", "small", "base")
 KERNEL_IMPLS = ("auto", "triton", "torch")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 
 
 def _positive(obj, *names, allow_none=True, minimum=1):
@@ -36,6 +37,7 @@ class RunArgs:
     lr: Optional[float] = None            # overrides the ds_config optimizer lr
     warmup_ratio: float = 0.05
     kernel_impl: str = "auto"
+    compile: str = "auto"                 # torch.compile mode (training/compile.py)
     num_workers: Optional[int] = None     # DataLoader workers (None: 0 on CPU, 4 on GPU)
     no_tensorboard: bool = False
     no_progress: bool = False
@@ -52,6 +54,8 @@ class RunArgs:
             raise ValueError(f"--lr={self.lr} must be > 0")
         if self.kernel_impl not in KERNEL_IMPLS:
             raise ValueError(f"--kernel_impl={self.kernel_impl!r} is not one of {KERNEL_IMPLS}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"--compile={self.compile!r} is not one of {COMPILE_MODES}")
         if None not in (self.stop_at, self.max_steps) and self.stop_at > self.max_steps:
             raise ValueError(f"--stop_at={self.stop_at} is beyond --max_steps={self.max_steps}")
 
@@ -119,6 +123,8 @@ def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--lr", type=float, help="peak learning rate (default: ds_config optimizer lr, or 1e-4)")
     a("--warmup_ratio", type=float, default=RunArgs.warmup_ratio)
     a("--kernel_impl", default="auto", choices=KERNEL_IMPLS)
+    a("--compile", default="auto", choices=COMPILE_MODES, help="torch.compile the training step "
+      "(auto: 'reduce-overhead', i.e. with CUDA graphs, on CUDA; off on CPU)")
     a("--num_workers", type=int, help="DataLoader workers per rank")
     a("--no_tensorboard", action="store_true")
     a("--no_progress", action="store_true", help="no tqdm bar")
