@@ -134,15 +134,60 @@ def _backbone_kwargs(kw):
 MLM_POSITIONS = ("all", "labeled")
 
 
+def mlm_capacity_granule(num_tokens: int) -> int:
+    """The step of the capacity buckets for a (B, L) text batch of ``num_tokens`` = B * L: an
+    eighth of it rounded up to a multiple of 8 (at most 8 shapes, so at most 8 compiled graphs)."""
+    return min(num_tokens, max(8, -(-num_tokens // 64) * 8))
+
+
+def mlm_gather_index(labels: torch.Tensor, granule: int = None) -> torch.Tensor:
+    """The fixed-capacity gather of the MLM head: (C,) int64 flat positions into the (B, L) text,
+    every labeled token (``labels != -100``) first in row-major order, then unlabeled positions
+    as padding (their label is -100: they add nothing to the loss or the gradients).
+
+    C is the smallest multiple of ``granule`` (default ``mlm_capacity_granule(B * L)``) that holds
+    every labeled token, at most B * L: a batch with more masked tokens than usual grows C to the
+    next bucket (a new shape), none is ever dropped. Call it where the labels are on the host
+    (the data loader): the count is read there, so the device step never synchronises."""
+    if labels.dim() != 2:
+        raise ValueError(f"mlm_gather_index: labels shape {tuple(labels.shape)}, expected (B, L)")
+    flat = labels.reshape(-1)
+    granule = mlm_capacity_granule(flat.numel()) if granule is None else int(granule)
+    if granule < 1:
+        raise ValueError(f"mlm_gather_index: granule={granule} must be >= 1")
+    unlabeled = (flat == losses.IGNORE_INDEX).to(torch.int8)
+    count = flat.numel() - int(unlabeled.sum())
+    capacity = min(flat.numel(), max(1, -(-count // granule)) * granule)
+    return torch.argsort(unlabeled, stable=True)[:capacity]
+
+
+def _gathered_rows(language_output, labels, index):
+    """(states (C, H), labels (C,)) at the flat positions ``index`` (C,) of mlm_gather_index."""
+    if index.dtype != torch.int64 or index.dim() != 1:
+        raise ValueError(f"mlm_positions: a position tensor must be 1-D int64 (from "
+                         f"mlm_gather_index); got {index.dtype} of shape {tuple(index.shape)}")
+    num_tokens = language_output.shape[0] * language_output.shape[1]
+    if not 1 <= index.shape[0] <= num_tokens:
+        raise ValueError(f"mlm_positions: {index.shape[0]} positions for a text of {num_tokens} "
+                         f"tokens (B, L) = {tuple(language_output.shape[:2])}")
+    states = language_output.reshape(num_tokens, -1).index_select(0, index)  # (C, H)
+    return states, labels.reshape(-1).index_select(0, index)                  # (C,)
+
+
 def _mlm_rows(language_output, labels, mlm_positions):
-    """(states, labels) the MLM head and loss see: all tokens, or only the labeled ones."""
-    if mlm_positions not in MLM_POSITIONS:
-        raise ValueError(f"mlm_positions={mlm_positions!r}: expected one of {MLM_POSITIONS}")
-    if mlm_positions == "all" or labels is None:
+    """(states, labels) the MLM head and loss see: all tokens, only the labeled ones (boolean
+    indexing: a host synchronisation), or a fixed-capacity gather (a position tensor)."""
+    is_index = isinstance(mlm_positions, torch.Tensor)
+    if not is_index and mlm_positions not in MLM_POSITIONS:
+        raise ValueError(f"mlm_positions={mlm_positions!r}: expected one of {MLM_POSITIONS} or "
+                         f"a position tensor from mlm_gather_index")
+    if labels is None or (not is_index and mlm_positions == "all"):
         return language_output, labels
     if tuple(labels.shape) != tuple(language_output.shape[:2]):
         raise ValueError(f"labels shape {tuple(labels.shape)} does not match the text "
                          f"(B, L) = {tuple(language_output.shape[:2])}")
+    if is_index:
+        return _gathered_rows(language_output, labels, mlm_positions)
     keep = labels != losses.IGNORE_INDEX
     return language_output[keep], labels[keep]
 
@@ -211,7 +256,10 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
         behaviour: ``prediction_logits`` (B, L, vocab)) or "labeled": with ``labels`` given, the
         MLM head runs only where ``labels != -100`` and ``prediction_logits`` is (N, vocab) for
         those N tokens in row-major order (same MLM loss and gradients; the vocab-sized decoder
-        and its softmax are the largest head: a training loop wants this)."""
+        and its softmax are the largest head: a training loop wants this), or a position tensor
+        from ``mlm_gather_index(labels)`` (made where the labels are on the host): the head runs
+        on those C rows, every labeled token and padding, ``prediction_logits`` (C, vocab): the
+        same loss and gradients with static shapes and no host synchronisation (train.py)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         cfg = self.config
         want_states = cfg.output_hidden_states if output_hidden_states is None \
