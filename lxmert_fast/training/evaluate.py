@@ -2,10 +2,13 @@
 image-dependence control.
 
 Accuracies over the held-out examples (sharded over ranks, counts all-reduced): masked-LM
-accuracy over masked tokens, the same over the masked tokens that are visually grounded words
-(the dataset's ``grounded_ids``: object classes, colours, counts ... which only the image
-determines), cross-modality matching accuracy, QA accuracy over matched QA examples (argmax vs
-the example's answer label); plus the mean held-out loss per task. Each accuracy comes with
+accuracy over masked tokens (all examples, as LXMERT's MLM), the same over the masked tokens
+that are visually grounded words (the dataset's ``grounded_ids``: object classes, colours,
+counts ...) of the matched examples only (``mlm_grounded``: a word of a sentence paired with
+another image is not determined by the image it is shown with, so the mismatched half of the
+held-out examples could only dilute the image's share), cross-modality matching accuracy, QA
+accuracy over matched QA examples (argmax vs the example's answer label); plus the mean held-out
+loss per task. Each accuracy comes with
 
 - ``*_chance``: the constant-prediction baseline on the same examples (the most frequent label),
 - ``*_shuffled``: the same accuracy with every example's image replaced by another image of the
@@ -51,7 +54,10 @@ def _predictions(out, batch, row_valid, grounded):
     if labels is not None:
         ok = row_valid[:, None].expand_as(labels)
         preds["mlm"] = (out.prediction_logits, labels, ok)
-        preds["mlm_grounded"] = (out.prediction_logits, labels, ok & torch.isin(labels, grounded))
+        matched = batch["matched_label"]
+        shown_own = ok if matched is None else ok & (matched == 1)[:, None]
+        preds["mlm_grounded"] = (out.prediction_logits, labels,
+                                 shown_own & torch.isin(labels, grounded))
     return {k: v for k, v in preds.items() if v[1] is not None}
 
 

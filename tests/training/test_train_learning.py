@@ -4,12 +4,12 @@ model that uses the image.
 Every figure comes with its control on the same held-out examples (images never seen in
 training): the accuracy with each example's image replaced by another held-out image (a fixed
 derangement: same text, same masking, same labels). A text prior scores the same either way.
-Measured on the 2-core CPU (README, "Pretraining"): masked LM on grounded words 0.301 with own
-images vs 0.184 shuffled (chance 0.056), QA 0.529 vs 0.502 (0.409), matching 0.543 vs 0.522
-(0.512). The asserted margins are about half the measured gaps; the learning issue's targets
-(grounded +0.15, QA +0.08, matching >= 0.70, NLVR2-style transfer) are not met yet, so matching is
-printed, not asserted. The same recipe run longer (the shipped model) reaches them:
-test_pretrained_small.py, which also holds the fine-tuning transfer test."""
+Measured on the 2-core CPU (README, "Pretraining"): masked LM on the grounded words of matched
+pairs 0.440 with own images vs 0.193 shuffled (chance 0.066), QA 0.529 vs 0.502 (0.409), matching
+0.543 vs 0.522 (0.512). The grounded-word gap is asserted at the learning issue's +0.15; the
+default run does not reach matching >= 0.70 or the QA gap of +0.08 within its ~8 minutes, so
+those are printed, not asserted: the same recipe run longer (the shipped model) reaches them
+(test_pretrained_small.py, which also holds the fine-tuning transfer tests)."""
 import json
 
 import pytest
@@ -36,7 +36,7 @@ def test_default_cpu_run_uses_the_image(default_run):
     assert sum(train[s] for s in steps[-10:]) < 0.5 * sum(train[s] for s in steps[:10])
     final = eval_lines(out_dir)[-1]
     print("held-out:", json.dumps({k: round(v, 4) for k, v in final.items()}))
-    assert final["mlm_grounded_acc"] >= final["mlm_grounded_acc_shuffled"] + 0.06
+    assert final["mlm_grounded_acc"] >= final["mlm_grounded_acc_shuffled"] + 0.15
     assert final["mlm_grounded_acc"] >= final["mlm_grounded_chance"] + 0.15
     assert final["mlm_acc"] > final["mlm_acc_shuffled"] + 0.01
     assert final["qa_acc"] > final["qa_acc_shuffled"]

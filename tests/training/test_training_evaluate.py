@@ -1,7 +1,8 @@
 """The pretraining evaluation's shuffled-image control (training/evaluate.py) on a real tiny
 LXMERT and a generated world: a model blind to the image scores exactly the same with shuffled
 images (same text, masking and labels), a model that reads it does not; grounded-word accuracy
-counts only grounded targets; the console line pairs each accuracy with its control."""
+counts only grounded targets of matched examples; the console line pairs each accuracy with its
+control."""
 import pytest
 import torch
 
@@ -45,6 +46,16 @@ def test_blind_model_scores_the_same_with_shuffled_images(valid):
         assert res[f"{key}_count"] > 0 and 0 < res[f"{key}_chance"] <= 1
     assert res["mlm_grounded_count"] < res["mlm_count"]
     assert "loss_mlm" in res and "loss_matched" in res
+
+
+def test_grounded_accuracy_counts_grounded_targets_of_matched_examples_only(valid):
+    res = evaluate_pretraining(PlainEngine(_model(valid, blind=True)), valid, batch_size=16)
+    grounded = torch.as_tensor(valid.grounded_ids)
+    batch = valid.make_batch(range(len(valid)))
+    targets = (batch["labels"] >= 0) & torch.isin(batch["labels"], grounded)
+    matched = (batch["matched_label"] == 1)[:, None]
+    assert 0 < (targets & matched).sum() < targets.sum()       # both kinds occur
+    assert res["mlm_grounded_count"] == (targets & matched).sum().item()
 
 
 class _ImageReadingEngine(PlainEngine):
