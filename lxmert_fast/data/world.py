@@ -30,7 +30,7 @@ from lxmert_fast.data.tokenization import resolve_vocab
 from lxmert_fast.data.world_splits import DEFAULT_SENTENCES, build_splits
 from lxmert_fast.features.tsv import write_obj_tsv
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4  # 4: four NLVR2-style statements per image (3: one)
 DEFAULT_NUM_IMAGES = 1600
 # Classes and objects per image of the embedded world: simpler than COCO (README) so that a few
 # CPU minutes of pretraining ground words in the image. 46 classes with 2-7 (3-36 objects) per
@@ -257,7 +257,8 @@ def main(argv=None) -> None:
     p.add_argument("--num_images", type=int, default=DEFAULT_NUM_IMAGES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sentences", default=None,
-                   help="sentences per image, e.g. 'mscoco=2,vg=2,vqa=3,gqa=3' (the default)")
+                   help="sentences per image, e.g. 'mscoco=2,vg=2,vqa=3,gqa=3,nlvr2=4' (the default; "
+                        "nlvr2: NLVR2-style statements per image)")
     p.add_argument("--scenes", default=None,
                    help=f"classes and objects per image, e.g. '{spec_text(DEFAULT_SCENES)}' "
                         f"(the default)")

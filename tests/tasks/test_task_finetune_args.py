@@ -22,11 +22,20 @@ def test_shared_flags_and_recipe_defaults():
     cpu = _parse("--task", "vqa")
     runner.resolve_defaults(cpu, "cpu")
     assert (cpu.model_size, cpu.batch_size, cpu.max_steps) == ("small", 32, runner.CPU_SYNTHETIC_STEPS)
+    assert cpu.lr == pytest.approx(5e-5 * runner.CPU_SYNTHETIC_LR_SCALE)  # small model, short run
+    given = _parse("--task", "vqa", "--lr", "1e-5")
+    runner.resolve_defaults(given, "cpu")
+    assert given.lr == 1e-5
     gpu = _parse("--task", "vqa", "--train_json", "t", "--valid_json", "v", "--features", "f",
                  "--ans2label", "a")
     runner.resolve_defaults(gpu, "cuda")
     runner.plan_steps(gpu, num_examples=1000, global_batch=32)
     assert (gpu.model_size, gpu.max_steps, gpu.save_steps) == ("base", 4 * 31, 31)
+    assert gpu.lr is None and runner.peak_lr(gpu) == 5e-5     # the recipe's
+    user_data_cpu = _parse("--task", "nlvr2", "--train_json", "t", "--valid_json", "v",
+                           "--features", "f")
+    runner.resolve_defaults(user_data_cpu, "cpu")
+    assert runner.peak_lr(user_data_cpu) == 5e-5
 
 
 def test_ds_config_lr_wins_over_recipe(tmp_path):
@@ -34,6 +43,9 @@ def test_ds_config_lr_wins_over_recipe(tmp_path):
     cfg.write_text(json.dumps({"train_batch_size": 8,
                                "optimizer": {"type": "AdamW", "params": {"lr": 2e-5}}}))
     assert runner.peak_lr(_parse("--task", "vqa", "--deepspeed_config", str(cfg))) is None
+    cpu = _parse("--task", "vqa", "--deepspeed_config", str(cfg))
+    runner.resolve_defaults(cpu, "cpu")
+    assert cpu.lr is None and runner.peak_lr(cpu) is None
     assert runner.load_ds_config(_parse("--task", "vqa", "--deepspeed_config", str(cfg)),
                                  "cpu", 2)["train_micro_batch_size_per_gpu"] == 4
 

@@ -1,9 +1,10 @@
 """The shipped pretrained small model (`pretrained/lxmert-small-synthetic/`: the CPU default
 recipe run for 4000 steps, ~22 minutes on 2 cores; README): on the synthetic world's held-out
 images it matches sentences to images far above the shuffled-image control (measured: matching
-0.789 vs 0.487 shuffled, QA 0.622 vs 0.485, grounded-word MLM 0.325 vs 0.190), and VQA-style
-fine-tuning from it beats the same fine-tuning from scratch (0.566, shuffled 0.534, vs 0.447).
-NLVR2-style fine-tuning does not show the transfer yet (0.58 vs 0.57 on 100 pairs): not asserted.
+0.789 vs 0.487 shuffled, QA 0.622 vs 0.485, grounded-word MLM on matched pairs 0.452 vs 0.205),
+and fine-tuning from it with finetune.py's CPU defaults beats the same fine-tuning from scratch
+on held-out images (measured: VQA-style 0.661, shuffled images 0.545, vs scratch 0.524;
+NLVR2-style 0.695, shuffled 0.550, vs scratch 0.570 on 400 pairs).
 
 Every accuracy comes with its control on the same held-out examples: the image of each example
 replaced by another held-out image (same text, masking and labels)."""
@@ -24,7 +25,8 @@ from tiny_engine import PlainEngine
 from train_launch import REPO, run_env
 
 SHIPPED = os.path.join(REPO, "pretrained", "lxmert-small-synthetic")
-GROUNDED_GAP, QA_GAP = 0.10, 0.08   # measured: +0.135 and +0.138 (README)
+GROUNDED_GAP, QA_GAP = 0.15, 0.08   # the learning issue's; measured +0.247 and +0.138 (README)
+TRANSFER = 0.05                      # pretrained over scratch; measured +0.137 VQA, +0.125 NLVR2
 
 
 def test_shipped_model_matches_sentences_to_images():
@@ -45,25 +47,34 @@ def test_shipped_model_matches_sentences_to_images():
     assert res["qa_acc"] >= res["qa_acc_shuffled"] + QA_GAP
 
 
-def _finetune(task, out_dir, pretrained=None):
-    cmd = [sys.executable, "lxmert_fast/finetune.py", "--task", task, "--output_dir", out_dir,
-           "--no_progress", "--no_tensorboard"]
-    if pretrained:
-        cmd += ["--from_pretrained", pretrained]
-    proc = subprocess.run(cmd, cwd=REPO, env=run_env(None, None), capture_output=True,
-                          text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    with open(os.path.join(out_dir, f"{task}_valid_metrics.json")) as f:
-        return json.load(f)
+def _finetune_both(task, tmp_path):
+    """finetune.py with its CPU defaults from the shipped model and from scratch, side by side
+    (one thread each: the two runs share the CPU instead of taking turns)."""
+    procs = {}
+    for name, extra in (("pretrained", ["--from_pretrained", SHIPPED]), ("scratch", [])):
+        out_dir = str(tmp_path / name)
+        cmd = [sys.executable, "lxmert_fast/finetune.py", "--task", task, "--output_dir",
+               out_dir, "--no_progress", "--no_tensorboard", *extra]
+        env = run_env(None, None)
+        env["OMP_NUM_THREADS"] = "1"
+        procs[name] = (out_dir, subprocess.Popen(cmd, cwd=REPO, env=env, text=True,
+                                                 stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT))
+    results = {}
+    for name, (out_dir, proc) in procs.items():
+        log, _ = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, f"{name}: {log[-4000:]}"
+        with open(os.path.join(out_dir, f"{task}_valid_metrics.json")) as f:
+            results[name] = json.load(f)
+    return results["pretrained"], results["scratch"]
 
 
 @pytest.mark.slow
-def test_vqa_finetuning_from_the_shipped_model_beats_scratch(tmp_path):
-    task = "vqa"
-    pre = _finetune(task, str(tmp_path / "pretrained"), SHIPPED)
-    scratch = _finetune(task, str(tmp_path / "scratch"))
+@pytest.mark.parametrize("task", ["vqa", "nlvr2"])
+def test_finetuning_from_the_shipped_model_beats_scratch(task, tmp_path):
+    pre, scratch = _finetune_both(task, tmp_path)
     print(f"{task}: pretrained {pre['accuracy']:.4f} (shuffled images "
           f"{pre['accuracy_shuffled_images']:.4f}), scratch {scratch['accuracy']:.4f} "
           f"(shuffled images {scratch['accuracy_shuffled_images']:.4f})")
-    assert pre["accuracy"] >= scratch["accuracy"] + 0.05
+    assert pre["accuracy"] >= scratch["accuracy"] + TRANSFER
     assert pre["accuracy_shuffled_images"] < pre["accuracy"]
