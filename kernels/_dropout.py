@@ -1,20 +1,50 @@
-"""Counter-based dropout shared by the kernels (Salmon et al. 2011, Philox 4x32 via ``tl.rand``).
+"""Counter-based dropout shared by the kernels (Salmon et al. 2011, Philox 4x32-10).
 
-The keep mask of element ``i`` is a pure function of (seed, i), so a backward kernel regenerates
-the forward's mask instead of storing it. The seed is drawn from torch's generator on the input's
-device (a one-element int64 tensor, no host-device sync on CUDA): ``torch.manual_seed`` and a saved
-and restored RNG state (checkpointing, activation recomputation) reproduce the same masks.
+The keep mask of an element is a pure function of (seed, stream, counter, call), so a backward
+kernel regenerates the forward's mask instead of storing it. One Philox call gives four numbers,
+used for four neighbouring columns (``keep4``): a (R, C) tile costs R * C / 4 Philox calls.
+Counters are per program (a row, or a (batch, head) of one direction) so no product of sizes can
+wrap: the tile's counter ``c0`` counts 4-column groups inside the program, ``c1`` names the
+program, ``c2``/``c3`` the call.
+
+Where the (seed, call) pair comes from (``seed_args``), so that ``torch.manual_seed``, a saved and
+restored RNG state (checkpointing, activation recomputation) reproduce the same masks:
+- CUDA, eager, not capturing a graph: torch's own CUDA Philox state, read and advanced on the host
+  (``initial_seed`` and ``get_offset``/``set_offset``, as torch's fused dropout does): no kernel
+  launch and no seed tensor per call.
+- Under ``torch.compile``, while capturing a CUDA graph, and on CPU (the interpreter): a
+  one-element int64 seed tensor drawn from torch's generator on the device (one small op per call;
+  graph-safe, and Inductor draws all of a graph's seeds in one kernel). The call number is then 0.
 """
 import torch
 
 from ._impl import tl, triton
 
 _SEED_HIGH = 2 ** 31 - 1
+_SEED_MASK = 2 ** 63 - 1
+_THRESHOLD_BITS = 24  # keep = (random >> 8) >= round(p * 2**24)
 
 
 def draw_seed(device: torch.device) -> torch.Tensor:
     """One int64 seed on ``device`` from torch's default generator for that device."""
     return torch.randint(0, _SEED_HIGH, (1,), device=device, dtype=torch.int64)
+
+
+def seed_args(device: torch.device):
+    """(seed tensor or None, seed int, call number) for one dropout call on ``device``."""
+    if device.type == "cuda" and not torch.compiler.is_compiling() \
+            and not torch.cuda.is_current_stream_capturing():
+        gen = torch.cuda.default_generators[device.index if device.index is not None
+                                            else torch.cuda.current_device()]
+        call = gen.get_offset()
+        gen.set_offset(call + 4)  # torch advances its Philox offset in multiples of 4
+        return None, gen.initial_seed() & _SEED_MASK, call
+    return draw_seed(device), 0, 0
+
+
+def threshold(p: float) -> int:
+    """The integer keep threshold of ``keep4`` for dropout probability ``p``."""
+    return int(round(p * (1 << _THRESHOLD_BITS)))
 
 
 def check_dropout_p(op: str, p: float) -> float:
@@ -25,7 +55,15 @@ def check_dropout_p(op: str, p: float) -> float:
 
 
 @triton.jit
-def dropout_keep(seed_ptr, offsets, p):
-    """Boolean keep mask (probability 1 - p) for the element counters ``offsets``."""
-    seed = tl.load(seed_ptr)
-    return tl.rand(seed, offsets) >= p
+def keep4(seed, c0, stream, call, thr):
+    """Keep mask (probability 1 - thr / 2**24) of a (R, 4 * C4) tile from (R, C4) counters
+    ``c0`` (one per 4-column group), one Philox call per group: column 4j + l takes output l."""
+    c0 = c0.to(tl.uint32, bitcast=True)
+    zero = c0 * 0
+    c1 = zero + stream.to(tl.uint32)
+    call = call.to(tl.int64)
+    c2 = zero + (call & 0xFFFFFFFF).to(tl.uint32)
+    c3 = zero + (call >> 32).to(tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, c3)
+    r = tl.interleave(tl.interleave(r0, r2), tl.interleave(r1, r3))
+    return (r >> 8).to(tl.int32) >= thr

@@ -9,6 +9,7 @@ whose ``jit`` leaves the function undecorated, so the op files import and their 
 """
 import functools
 import os
+from typing import Optional
 
 import torch
 
@@ -41,16 +42,19 @@ def interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# Triton reads TRITON_INTERPRET when it decorates the kernels (at import), so read it once too.
+_INTERPRET = HAS_TRITON and interpreter_on()
+
+
 def resolve_impl(impl: str, tensor: torch.Tensor, op: str) -> str:
     """Return "triton" or "torch" for ``impl`` given the tensor the op runs on."""
-    if impl not in IMPLS:
-        raise ValueError(f"{op}: impl={impl!r} is not one of {IMPLS}")
-    if impl == "torch":
-        return "torch"
-    usable = HAS_TRITON and (tensor.is_cuda or interpreter_on())
     if impl == "auto":
         return "triton" if (HAS_TRITON and tensor.is_cuda) else "torch"
-    if not usable:
+    if impl == "torch":
+        return "torch"
+    if impl != "triton":
+        raise ValueError(f"{op}: impl={impl!r} is not one of {IMPLS}")
+    if not (HAS_TRITON and (tensor.is_cuda or _INTERPRET)):
         why = "triton is not installed" if not HAS_TRITON else (
             f"the tensor is on {tensor.device} and TRITON_INTERPRET is not set")
         raise RuntimeError(f"{op}: impl='triton' requested but {why}")
@@ -85,15 +89,25 @@ def sm_count(device_index) -> int:
     return torch.cuda.get_device_properties(device_index or 0).multi_processor_count
 
 
-def use_kernel(impl: str, tensor: torch.Tensor, op: str, fits: bool = True) -> bool:
-    """Whether ``op`` runs its Triton kernel: ``resolve_impl`` says "triton" and the problem
-    ``fits`` the kernel's documented limits (else the reference runs). A dtype the kernel lacks
-    falls back to the reference under "auto" and raises under an explicit "triton"."""
-    if resolve_impl(impl, tensor, op) == "torch" or not fits:
+def num_sms(device: torch.device) -> int:
+    """SMs a persistent grid is sized for: the CUDA device's; 0 on CPU (the interpreter, where
+    few long programs are fastest). The sm_90 compile check replaces it with 132."""
+    return sm_count(device.index) if device.type == "cuda" else 0
+
+
+def use_kernel(impl: str, tensor: torch.Tensor, op: str, unfit: Optional[str] = None) -> bool:
+    """Whether ``op`` runs its Triton kernel: ``resolve_impl`` says "triton", the dtype is a kernel
+    dtype and the problem fits the kernel's documented limits (``unfit`` is None, else it says
+    why not). Under "auto" what does not fit runs the reference; an explicit "triton" raises."""
+    if resolve_impl(impl, tensor, op) == "torch":
         return False
     if tensor.dtype not in KERNEL_DTYPES:
+        unfit = f"does not support dtype {tensor.dtype} (use one of {KERNEL_DTYPES})"
         if impl == "auto":
             return False
-        raise TypeError(f"{op}: impl='triton' does not support dtype {tensor.dtype} "
-                        f"(use one of {KERNEL_DTYPES})")
+        raise TypeError(f"{op}: impl='triton' {unfit}")
+    if unfit is not None:
+        if impl == "auto":
+            return False
+        raise ValueError(f"{op}: impl='triton' {unfit}")
     return True

@@ -24,14 +24,19 @@ GPU): LXMERT's shapes use BQ=32/BK=64 (20 queries on 36 objects) or BQ=64/BK=32,
 stage; the forward runs 4 warps (~220 registers, no spills), the backward 8 warps (~254
 registers, no spills; with 4 it spills). ``_num_warps`` and ``BLOCK_ELEMS`` are the knobs.
 """
+import functools
 import math
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from ._dropout import check_dropout_p, draw_seed, dropout_keep
+from ._dropout import check_dropout_p, draw_seed, keep4, seed_args, threshold
 from ._impl import check_tensors, next_pow2, tl, triton, use_kernel
+
+# Largest head dim the kernels take, per dtype (larger ones run the reference under "auto").
+MAX_HEAD_DIM = {torch.float16: 256, torch.bfloat16: 256, torch.float32: 256}
 
 
 def attention_ref(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, return_probs=False,
@@ -77,22 +82,26 @@ def _check_qkv(q, k, v, key_padding_mask, name="attention"):
 # Scores live in the log2 domain (qk_scale = scale * log2(e)); lse is stored in that domain and is
 # +inf for rows whose keys are all masked, so their probabilities (and gradients) are exactly 0.
 # DOT is "ieee" for float32 inputs (full fp32 products, as torch's default matmul), else "tf32"
-# (ignored for 16-bit operands). Small loads are written inline: the interpreter that runs the CPU
-# tests pays per nested jit call.
+# (ignored for 16-bit operands). Batch offsets are int64 (b * stride can pass 2**31); offsets
+# inside one (batch, head) are int32, checked by the launcher. Dropout: ``_dropout.keep4`` with
+# counters (query row, 4-key group) in the program's own stream (2 * bh + direction).
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, seed_ptr, bh, b, h, H, Lq, Lk, D,
-                  sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb, sml, qk_scale, p_drop, rng0,
-                  HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
+def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, seed, call, thr, bh, stream, H, Lq,
+                  Lk, D, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb, sml, qk_scale,
+                  inv_keep, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
                   BQ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    b = (bh // H).to(tl.int64)
+    h = bh % H
     offs_d = tl.arange(0, BD)
     dmask = offs_d < D
     q_ptr += b * sqb + h * sqh + offs_d[None, :]
     k_ptr += b * skb + h * skh + offs_d[None, :]
     v_ptr += b * svb + h * svh + offs_d[None, :]
-    o_ptr += (b * Lq * H + h) * D + offs_d[None, :]
+    o_ptr += (b * Lq * H + h) * D + offs_d[None, :]  # out: contiguous (B, Lq, H, D)
+    lse_ptr += bh.to(tl.int64) * Lq
     m_ptr += b * smb
-    rng0 += bh * Lq * Lk
+    lk4 = (Lk + 3) // 4
     for q0 in range(0, Lq, BQ):
         offs_q = q0 + tl.arange(0, BQ)
         rows = (offs_q < Lq)[:, None] & dmask[None, :]
@@ -116,31 +125,31 @@ def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, seed_ptr, bh, b, h
             p = tl.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             if DROPOUT:
-                keep = dropout_keep(seed_ptr, rng0 + offs_q[:, None] * Lk + offs_k[None, :], p_drop)
-                p = tl.where(keep, p, 0.0)
+                groups = offs_q[:, None] * lk4 + (k0 // 4 + tl.arange(0, BK // 4))[None, :]
+                p = tl.where(keep4(seed, groups, stream, call, thr), p, 0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT)
             m_i = m_new
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         inv_l = tl.where(l_i > 0, 1.0 / l_safe, 0.0)
         if DROPOUT:
-            inv_l = inv_l / (1.0 - p_drop)
+            inv_l = inv_l * inv_keep
         out = acc * inv_l[:, None]
         tl.store(o_ptr + offs_q[:, None] * (H * D), out.to(o_ptr.dtype.element_ty), mask=rows)
         lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("inf"))
-        tl.store(lse_ptr + bh * Lq + offs_q, lse, mask=offs_q < Lq)
+        tl.store(lse_ptr + offs_q, lse, mask=offs_q < Lq)
 
 
 @triton.jit
-def _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0, qk_scale, scale,
-                  p_drop, DROPOUT: tl.constexpr, DOT: tl.constexpr):
+def _attn_dscores(q, do, o, lse, k, v, valid, offs_q, k0, lk4, seed, call, thr, stream, qk_scale,
+                  scale, inv_keep, DROPOUT: tl.constexpr, DOT: tl.constexpr, BK: tl.constexpr):
     """Recompute one (BQ, BK) tile: returns (dropped probabilities, d scores * scale)."""
     s = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale
     p = tl.where(valid[None, :], tl.exp2(s - lse[:, None]), 0.0)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # rowsum(P * dP) = rowsum(dO * O)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT)
     if DROPOUT:
-        keep = dropout_keep(seed_ptr, rng0 + offs_q[:, None] * Lk + offs_k[None, :], p_drop)
-        inv_keep = 1.0 / (1.0 - p_drop)
+        groups = offs_q[:, None] * lk4 + (k0 // 4 + tl.arange(0, BK // 4))[None, :]
+        keep = keep4(seed, groups, stream, call, thr)
         pd = tl.where(keep, p * inv_keep, 0.0)
         dp = tl.where(keep, dp * inv_keep, 0.0)
     else:
@@ -150,10 +159,12 @@ def _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0
 
 @triton.jit
 def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, do_ptr, dq_ptr, dk_ptr, dv_ptr,
-                  seed_ptr, bh, b, h, H, Lq, Lk, D, sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
-                  smb, sml, sdb, sdl, sdh, qk_scale, scale, p_drop, rng0,
+                  seed, call, thr, bh, stream, H, Lq, Lk, D, sqb, sql, sqh, skb, skl, skh, svb,
+                  svl, svh, smb, sml, sdb, sdl, sdh, qk_scale, scale, inv_keep,
                   HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
                   ONE_KB: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, BD: tl.constexpr):
+    b = (bh // H).to(tl.int64)
+    h = bh % H
     offs_d = tl.arange(0, BD)
     dmask = offs_d < D
     q_ptr += b * sqb + h * sqh + offs_d[None, :]
@@ -165,8 +176,8 @@ def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, do_ptr, dq_ptr, dk
     dk_ptr += (b * Lk * H + h) * D + offs_d[None, :]  # dk, dv: contiguous (B, Lk, H, D)
     dv_ptr += (b * Lk * H + h) * D + offs_d[None, :]
     m_ptr += b * smb
-    lse_ptr += bh * Lq
-    rng0 += bh * Lq * Lk
+    lse_ptr += bh.to(tl.int64) * Lq
+    lk4 = (Lk + 3) // 4
     for k0 in range(0, Lk, BK):  # dk, dv of one key block, summed over all query blocks
         offs_k = k0 + tl.arange(0, BK)
         valid = offs_k < Lk
@@ -184,8 +195,8 @@ def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, do_ptr, dq_ptr, dk
             do = tl.load(do_ptr + offs_q[:, None] * sdl, mask=rows, other=0.0)
             o = tl.load(o_ptr + offs_q[:, None] * (H * D), mask=rows, other=0.0)
             lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
-            pd, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr, rng0,
-                                   qk_scale, scale, p_drop, DROPOUT, DOT)
+            pd, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, k0, lk4, seed, call, thr,
+                                   stream, qk_scale, scale, inv_keep, DROPOUT, DOT, BK)
             dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=DOT)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT)
             if ONE_KB:  # the whole row is in this tile: dq is final
@@ -211,192 +222,374 @@ def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, do_ptr, dq_ptr, dk
                 v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
                 if HAS_MASK:
                     valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
-                _, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, offs_k, Lk, seed_ptr,
-                                      rng0, qk_scale, scale, p_drop, DROPOUT, DOT)
+                _, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, k0, lk4, seed, call,
+                                      thr, stream, qk_scale, scale, inv_keep, DROPOUT, DOT, BK)
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT)
             tl.store(dq_ptr + offs_q[:, None] * (H * D), dq.to(dq_ptr.dtype.element_ty), mask=rows)
 
 
-@triton.jit
-def _attn_fwd_kernel(seed_ptr, H, D, qk_scale, p_drop,
-                     qa, ka, va, ma, oa, la, Lqa, Lka, sqba, sqla, sqha, skba, skla, skha, svba,
-                     svla, svha, smba, smla, rnga,
-                     qb, kb, vb, mb, ob, lb, Lqb, Lkb, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb,
-                     svlb, svhb, smbb, smlb, rngb,
-                     MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
-                     MASK_B: tl.constexpr, BQ_B: tl.constexpr, BK_B: tl.constexpr,
-                     PAIR: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
+@triton.jit(do_not_specialize=["seed", "call"])
+def _attn_fwd_kernel(seed_ptr, seed, call, thr, H, D, qk_scale, inv_keep,
+                     q, k, v, m, o, lse, Lq, Lk, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb,
+                     sml, HAS_MASK: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
+                     SEED_IN_TENSOR: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr,
                      BD: tl.constexpr):
     bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
-    if PAIR and tl.program_id(1) == 1:
-        _attn_fwd_one(qb, kb, vb, mb, ob, lb, seed_ptr, bh, b, h, H, Lqb, Lkb, D, sqbb, sqlb, sqhb,
-                      skbb, sklb, skhb, svbb, svlb, svhb, smbb, smlb, qk_scale, p_drop, rngb,
-                      MASK_B, DROPOUT, DOT, BQ_B, BK_B, BD)
-    else:
-        _attn_fwd_one(qa, ka, va, ma, oa, la, seed_ptr, bh, b, h, H, Lqa, Lka, D, sqba, sqla, sqha,
-                      skba, skla, skha, svba, svla, svha, smba, smla, qk_scale, p_drop, rnga,
-                      MASK_A, DROPOUT, DOT, BQ_A, BK_A, BD)
+    if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
+        seed = tl.load(seed_ptr)
+    _attn_fwd_one(q, k, v, m, o, lse, seed, call, thr, bh, 2 * bh, H, Lq, Lk, D, sqb, sql, sqh,
+                  skb, skl, skh, svb, svl, svh, smb, sml, qk_scale, inv_keep, HAS_MASK, DROPOUT,
+                  DOT, BQ, BK, BD)
 
 
-@triton.jit
-def _attn_bwd_kernel(seed_ptr, H, D, qk_scale, scale, p_drop,
-                     qa, ka, va, ma, oa, la, Lqa, Lka, sqba, sqla, sqha, skba, skla, skha, svba,
-                     svla, svha, smba, smla, rnga, doa, dqa, dka, dva, sdba, sdla, sdha,
-                     qb, kb, vb, mb, ob, lb, Lqb, Lkb, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb,
-                     svlb, svhb, smbb, smlb, rngb, dob, dqb, dkb, dvb, sdbb, sdlb, sdhb,
-                     MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
-                     ONE_A: tl.constexpr, MASK_B: tl.constexpr, BQ_B: tl.constexpr,
-                     BK_B: tl.constexpr, ONE_B: tl.constexpr, PAIR: tl.constexpr,
-                     DROPOUT: tl.constexpr, DOT: tl.constexpr, BD: tl.constexpr):
+@triton.jit(do_not_specialize=["seed", "call"])
+def _attn_pair_fwd_kernel(seed_ptr, seed, call, thr, H, D, qk_scale, inv_keep,
+                          qa, ka, va, ma, oa, la, Lqa, Lka, sqba, sqla, sqha, skba, skla, skha,
+                          svba, svla, svha, smba, smla,
+                          qb, kb, vb, mb, ob, lb, Lqb, Lkb, sqbb, sqlb, sqhb, skbb, sklb, skhb,
+                          svbb, svlb, svhb, smbb, smlb,
+                          MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
+                          MASK_B: tl.constexpr, BQ_B: tl.constexpr, BK_B: tl.constexpr,
+                          SEED_IN_TENSOR: tl.constexpr, DROPOUT: tl.constexpr,
+                          DOT: tl.constexpr, BD: tl.constexpr):
     bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
-    if PAIR and tl.program_id(1) == 1:
-        _attn_bwd_one(qb, kb, vb, mb, ob, lb, dob, dqb, dkb, dvb, seed_ptr, bh, b, h, H, Lqb, Lkb,
-                      D, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb, svlb, svhb, smbb, smlb, sdbb,
-                      sdlb, sdhb, qk_scale, scale, p_drop, rngb, MASK_B, DROPOUT, DOT, ONE_B,
-                      BQ_B, BK_B, BD)
+    if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
+        seed = tl.load(seed_ptr)
+    if tl.program_id(1) == 1:
+        _attn_fwd_one(qb, kb, vb, mb, ob, lb, seed, call, thr, bh, 2 * bh + 1, H, Lqb, Lkb, D,
+                      sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb, svlb, svhb, smbb, smlb, qk_scale,
+                      inv_keep, MASK_B, DROPOUT, DOT, BQ_B, BK_B, BD)
     else:
-        _attn_bwd_one(qa, ka, va, ma, oa, la, doa, dqa, dka, dva, seed_ptr, bh, b, h, H, Lqa, Lka,
-                      D, sqba, sqla, sqha, skba, skla, skha, svba, svla, svha, smba, smla, sdba,
-                      sdla, sdha, qk_scale, scale, p_drop, rnga, MASK_A, DROPOUT, DOT, ONE_A,
-                      BQ_A, BK_A, BD)
+        _attn_fwd_one(qa, ka, va, ma, oa, la, seed, call, thr, bh, 2 * bh, H, Lqa, Lka, D,
+                      sqba, sqla, sqha, skba, skla, skha, svba, svla, svha, smba, smla, qk_scale,
+                      inv_keep, MASK_A, DROPOUT, DOT, BQ_A, BK_A, BD)
+
+
+@triton.jit(do_not_specialize=["seed", "call"])
+def _attn_bwd_kernel(seed_ptr, seed, call, thr, H, D, qk_scale, scale, inv_keep,
+                     q, k, v, m, o, lse, Lq, Lk, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb,
+                     sml, do, dq, dk, dv, sdb, sdl, sdh,
+                     HAS_MASK: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
+                     ONE_KB: tl.constexpr, SEED_IN_TENSOR: tl.constexpr, DROPOUT: tl.constexpr,
+                     DOT: tl.constexpr, BD: tl.constexpr):
+    bh = tl.program_id(0)
+    if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
+        seed = tl.load(seed_ptr)
+    _attn_bwd_one(q, k, v, m, o, lse, do, dq, dk, dv, seed, call, thr, bh, 2 * bh, H, Lq, Lk, D,
+                  sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb, sml, sdb, sdl, sdh, qk_scale,
+                  scale, inv_keep, HAS_MASK, DROPOUT, DOT, ONE_KB, BQ, BK, BD)
+
+
+@triton.jit(do_not_specialize=["seed", "call"])
+def _attn_pair_bwd_kernel(seed_ptr, seed, call, thr, H, D, qk_scale, scale, inv_keep,
+                          qa, ka, va, ma, oa, la, Lqa, Lka, sqba, sqla, sqha, skba, skla, skha,
+                          svba, svla, svha, smba, smla, doa, dqa, dka, dva, sdba, sdla, sdha,
+                          qb, kb, vb, mb, ob, lb, Lqb, Lkb, sqbb, sqlb, sqhb, skbb, sklb, skhb,
+                          svbb, svlb, svhb, smbb, smlb, dob, dqb, dkb, dvb, sdbb, sdlb, sdhb,
+                          MASK_A: tl.constexpr, BQ_A: tl.constexpr, BK_A: tl.constexpr,
+                          ONE_A: tl.constexpr, MASK_B: tl.constexpr, BQ_B: tl.constexpr,
+                          BK_B: tl.constexpr, ONE_B: tl.constexpr,
+                          SEED_IN_TENSOR: tl.constexpr, DROPOUT: tl.constexpr,
+                          DOT: tl.constexpr, BD: tl.constexpr):
+    bh = tl.program_id(0)
+    if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
+        seed = tl.load(seed_ptr)
+    if tl.program_id(1) == 1:
+        _attn_bwd_one(qb, kb, vb, mb, ob, lb, dob, dqb, dkb, dvb, seed, call, thr, bh, 2 * bh + 1,
+                      H, Lqb, Lkb, D, sqbb, sqlb, sqhb, skbb, sklb, skhb, svbb, svlb, svhb, smbb,
+                      smlb, sdbb, sdlb, sdhb, qk_scale, scale, inv_keep, MASK_B, DROPOUT, DOT,
+                      ONE_B, BQ_B, BK_B, BD)
+    else:
+        _attn_bwd_one(qa, ka, va, ma, oa, la, doa, dqa, dka, dva, seed, call, thr, bh, 2 * bh, H,
+                      Lqa, Lka, D, sqba, sqla, sqha, skba, skla, skha, svba, svla, svha, smba,
+                      smla, sdba, sdla, sdha, qk_scale, scale, inv_keep, MASK_A, DROPOUT, DOT,
+                      ONE_A, BQ_A, BK_A, BD)
 
 
 # ---------------------------------------------------------------------------------------------
 # Launchers. A "direction" is (q, k, v, mask); attention launches one, the pair two (grid dim 1).
+# ``seed`` is ``_dropout.seed_args``'s (tensor or None, int, call) or None without dropout.
 # ---------------------------------------------------------------------------------------------
-MAX_HEAD_DIM = 256
-BLOCK_ELEMS = 8192  # BK * BD held per program: BK = 128 keys at D = 64, 64 at D = 128
-MAX_BQ = 64
 _LOG2E = 1.4426950408889634
+_I32 = 2 ** 31
+# Per (float32?, backward): the largest query block and the keys x head-dim elements of a key
+# block held per program. Sized with tests/kernels/kernel_sm90_compile.py (no spills, >= 2
+# programs per SM at LXMERT's shapes); see the module docstring.
+_MAX_BQ = {(False, False): 64, (False, True): 32, (True, False): 32, (True, True): 16}
+_BLOCK_ELEMS = {(False, False): 8192, (False, True): 4096, (True, False): 4096,
+                (True, True): 2048}
+_NO_SEED = (None, 0, 0)
 
 
-def _blocks(Lq, Lk, D):
+@functools.lru_cache(maxsize=4096)
+def _plan(Lq, Lk, D, fp32, backward):
+    """(BQ, BK, BD, one key block?, num_warps, num_stages) of one direction."""
     bd = next_pow2(D, 16)
-    return min(next_pow2(Lq, 16), MAX_BQ), min(next_pow2(Lk, 16), max(16, BLOCK_ELEMS // bd)), bd
+    bk = min(next_pow2(Lk, 16), max(16, _BLOCK_ELEMS[fp32, backward] // bd))
+    bq = min(next_pow2(Lq, 16), _MAX_BQ[fp32, backward])
+    one = bk >= Lk
+    return bq, bk, bd, one, (8 if max(bq * bk, bk * bd) > 4096 else 4), (1 if one else 2)
 
 
-def _num_warps(bq, bk, bd, backward):
-    """Warps per program (sized with ptxas for sm_90, see the module docstring): the backward
-    holds k, v, dk, dv and five (BQ, BK) tiles, twice the forward's registers."""
-    elems = max(bq * bk, bk * bd)
-    return 8 if elems > 4096 or (backward and elems >= 2048) else 4
+def _dir_args(q, k, v, mask, o, lse):
+    sq, sk, sv = q.stride(), k.stride(), v.stride()
+    m, smb, sml = (q, 0, 0) if mask is None else (mask, mask.stride(0), mask.stride(1))
+    return (q, k, v, m, o, lse, q.shape[1], k.shape[1], sq[0], sq[1], sq[2], sk[0], sk[1], sk[2],
+            sv[0], sv[1], sv[2], smb, sml)
 
 
-def _lastdim_contiguous(t):
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _prepare(q, k, v, mask, name):
-    """Validate one direction for the kernel; returns it with unit last-dim strides."""
-    _check_qkv(q, k, v, mask, name)
-    check_tensors(name, q.device, q.dtype, k=k, v=v)
-    if mask is not None and (mask.dtype != torch.bool or mask.device != q.device):
-        raise TypeError(f"{name}: key_padding_mask must be a bool tensor on {q.device}; got "
-                        f"{mask.dtype} on {mask.device}")
-    if q.shape[1] < 1 or k.shape[1] < 1:
-        raise ValueError(f"{name}: sequence lengths must be >= 1; got Lq={q.shape[1]}, "
-                         f"Lk={k.shape[1]}")
-    return _lastdim_contiguous(q), _lastdim_contiguous(k), _lastdim_contiguous(v), mask
-
-
-def _dir_args(q, k, v, mask, o, lse, rng0):
-    m = q if mask is None else mask.view(torch.uint8)
-    sm = (0, 0) if mask is None else (mask.stride(0), mask.stride(1))
-    return [q, k, v, m, o, lse, q.shape[1], k.shape[1], q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), *sm, rng0]
-
-
-def _launch_meta(dirs, backward=False):
-    """Per-direction constexprs, RNG counter bases and the launch options."""
-    metas, rng0, warps = [], 0, 4
-    for q, k, _, mask in dirs:
-        B, Lq, H, D = q.shape
-        bq, bk, bd = _blocks(Lq, k.shape[1], D)
-        metas.append((mask is not None, bq, bk, bk >= k.shape[1], rng0))
-        rng0 += B * H * Lq * k.shape[1]
-        warps = max(warps, _num_warps(bq, bk, bd, backward))
-    if rng0 >= 2 ** 31:
-        raise ValueError(f"attention: B*H*Lq*Lk = {rng0} element counters exceed int32")
-    return metas, dict(num_warps=warps, num_stages=1 if all(m[3] for m in metas) else 2), bd
+def _seed_head(q, p, seed):
+    """The kernels' leading (seed_ptr, seed, call, threshold) and the SEED_IN_TENSOR flag."""
+    st, si, call = _NO_SEED if seed is None else seed
+    return (q if st is None else st, si, call, threshold(p)), st is not None
 
 
 def attention_forward(dirs, scale, p, seed):
     """Launch the forward for 1 or 2 directions; returns [(out (B, Lq, H, D), lse (B, H, Lq))]."""
     q0 = dirs[0][0]
     B, _, H, D = q0.shape
+    fp32 = q0.dtype == torch.float32
     res = [(torch.empty(q.shape, dtype=q.dtype, device=q.device),
             torch.empty((B, H, q.shape[1]), dtype=torch.float32, device=q.device))
            for q, _, _, _ in dirs]
     if B * H == 0:
         return res
-    metas, opts, bd = _launch_meta(dirs)
-    args = [a for d, (o, lse), m in zip(dirs, res, metas) for a in _dir_args(*d, o, lse, m[4])]
-    cexp = [c for m in metas for c in m[:3]]
+    head, in_tensor = _seed_head(q0, p, seed)
+    head += (H, D, scale * _LOG2E, 1.0 / (1.0 - p))
+    dot = "ieee" if fp32 else "tf32"
     if len(dirs) == 1:
-        args, cexp = args * 2, cexp * 2
-    _attn_fwd_kernel[(B * H, len(dirs))](
-        q0 if seed is None else seed, H, D, scale * _LOG2E, p, *args, *cexp, len(dirs) == 2,
-        p > 0, "ieee" if q0.dtype == torch.float32 else "tf32", bd, **opts)
+        (q, k, v, mask), (o, lse) = dirs[0], res[0]
+        bq, bk, bd, _, warps, stages = _plan(q.shape[1], k.shape[1], D, fp32, False)
+        _attn_fwd_kernel[(B * H,)](*head, *_dir_args(q, k, v, mask, o, lse), mask is not None,
+                                   bq, bk, in_tensor, p > 0, dot, bd, num_warps=warps,
+                                   num_stages=stages)
+        return res
+    (qa, ka, va, ma), (qb, kb, vb, mb) = dirs
+    pa = _plan(qa.shape[1], ka.shape[1], D, fp32, False)
+    pb = _plan(qb.shape[1], kb.shape[1], D, fp32, False)
+    _attn_pair_fwd_kernel[(B * H, 2)](
+        *head, *_dir_args(qa, ka, va, ma, *res[0]), *_dir_args(qb, kb, vb, mb, *res[1]),
+        ma is not None, pa[0], pa[1], mb is not None, pb[0], pb[1], in_tensor, p > 0, dot, pa[2],
+        num_warps=max(pa[4], pb[4]), num_stages=max(pa[5], pb[5]))
     return res
+
+
+def _grads(q, k):
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device))
+
+
+def _bwd_dir_args(d, o, lse, do, g):
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    sd = do.stride()
+    return _dir_args(*d, o, lse) + (do, *g, sd[0], sd[1], sd[2])
 
 
 def attention_backward(dirs, outs, lses, douts, scale, p, seed):
     """Launch the backward for 1 or 2 directions; returns [(dq, dk, dv)] (contiguous)."""
     q0 = dirs[0][0]
     B, _, H, D = q0.shape
-    grads = [(torch.empty(q.shape, dtype=q.dtype, device=q.device),
-              torch.empty(k.shape, dtype=k.dtype, device=k.device),
-              torch.empty(k.shape, dtype=k.dtype, device=k.device)) for q, k, _, _ in dirs]
+    fp32 = q0.dtype == torch.float32
+    grads = [_grads(q, k) for q, k, _, _ in dirs]
     if B * H == 0:
         return grads
-    metas, opts, bd = _launch_meta(dirs, backward=True)
-    args, cexp = [], []
-    for d, o, lse, do, g, m in zip(dirs, outs, lses, douts, grads, metas):
-        do = _lastdim_contiguous(do)
-        args += _dir_args(*d, o, lse, m[4]) + [do, *g, do.stride(0), do.stride(1), do.stride(2)]
-        cexp += [m[0], m[1], m[2], m[3]]
+    head, in_tensor = _seed_head(q0, p, seed)
+    head += (H, D, scale * _LOG2E, scale, 1.0 / (1.0 - p))
+    dot = "ieee" if fp32 else "tf32"
+    args = [_bwd_dir_args(*z) for z in zip(dirs, outs, lses, douts, grads)]
     if len(dirs) == 1:
-        args, cexp = args * 2, cexp * 2
-    _attn_bwd_kernel[(B * H, len(dirs))](
-        q0 if seed is None else seed, H, D, scale * _LOG2E, scale, p, *args, *cexp,
-        len(dirs) == 2, p > 0, "ieee" if q0.dtype == torch.float32 else "tf32", bd, **opts)
+        q, k = dirs[0][0], dirs[0][1]
+        bq, bk, bd, one, warps, stages = _plan(q.shape[1], k.shape[1], D, fp32, True)
+        _attn_bwd_kernel[(B * H,)](*head, *args[0], dirs[0][3] is not None, bq, bk, one,
+                                   in_tensor, p > 0, dot, bd, num_warps=warps, num_stages=stages)
+        return grads
+    pa = _plan(dirs[0][0].shape[1], dirs[0][1].shape[1], D, fp32, True)
+    pb = _plan(dirs[1][0].shape[1], dirs[1][1].shape[1], D, fp32, True)
+    _attn_pair_bwd_kernel[(B * H, 2)](
+        *head, *args[0], *args[1], dirs[0][3] is not None, pa[0], pa[1], pa[3],
+        dirs[1][3] is not None, pb[0], pb[1], pb[3], in_tensor, p > 0, dot, pa[2],
+        num_warps=max(pa[4], pb[4]), num_stages=max(pa[5], pb[5]))
     return grads
 
 
+# ---------------------------------------------------------------------------------------------
+# Eager autograd (one Function per direction count, no argument lists built per call) and the
+# same launchers as torch custom ops for torch.compile (no graph break at the kernels).
+# ---------------------------------------------------------------------------------------------
 class _AttentionFn(torch.autograd.Function):
-    """Eager autograd for 1 or 2 directions: inputs (scale, p, seed, q, k, v, mask, ...)."""
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale, p, seed):
+        (out, lse), = attention_forward(((q, k, v, mask),), scale, p, seed)
+        ctx.save_for_backward(q, k, v, mask, out, lse, seed[0] if seed else None)
+        ctx.args = scale, p, seed
+        return out
 
     @staticmethod
-    def forward(ctx, scale, p, seed, *qkvm):
-        dirs = [qkvm[i:i + 4] for i in range(0, len(qkvm), 4)]
-        res = attention_forward(dirs, scale, p, seed)
-        ctx.scale, ctx.p, ctx.n = scale, p, len(dirs)
-        ctx.save_for_backward(seed, *qkvm, *[t for r in res for t in r])
-        return tuple(o for o, _ in res)
+    def backward(ctx, dout):
+        q, k, v, mask, out, lse, _ = ctx.saved_tensors
+        scale, p, seed = ctx.args
+        (dq, dk, dv), = attention_backward(((q, k, v, mask),), (out,), (lse,), (dout,), scale, p,
+                                           seed)
+        return dq, dk, dv, None, None, None, None
+
+
+class _PairFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qa, ka, va, ma, qb, kb, vb, mb, scale, p, seed):
+        (oa, la), (ob, lb) = attention_forward(((qa, ka, va, ma), (qb, kb, vb, mb)), scale, p,
+                                               seed)
+        ctx.save_for_backward(qa, ka, va, ma, qb, kb, vb, mb, oa, la, ob, lb,
+                              seed[0] if seed else None)
+        ctx.args = scale, p, seed
+        return oa, ob
 
     @staticmethod
-    def backward(ctx, *douts):
-        seed, *saved = ctx.saved_tensors
-        n = ctx.n
-        dirs = [tuple(saved[4 * i:4 * i + 4]) for i in range(n)]
-        outs, lses = saved[4 * n::2], saved[4 * n + 1::2]
-        douts = [torch.zeros_like(o) if d is None else d for d, o in zip(douts, outs)]
-        grads = attention_backward(dirs, outs, lses, douts, ctx.scale, ctx.p, seed)
-        return (None, None, None, *[g for dq, dk, dv in grads for g in (dq, dk, dv, None)])
+    def backward(ctx, doa, dob):
+        qa, ka, va, ma, qb, kb, vb, mb, oa, la, ob, lb, _ = ctx.saved_tensors
+        scale, p, seed = ctx.args
+        doa = torch.zeros_like(oa) if doa is None else doa
+        dob = torch.zeros_like(ob) if dob is None else dob
+        ga, gb = attention_backward(((qa, ka, va, ma), (qb, kb, vb, mb)), (oa, ob), (la, lb),
+                                    (doa, dob), scale, p, seed)
+        return (*ga, None, *gb, None, None, None, None)
 
 
-def _run_kernel(dirs, p, scale):
-    """The custom op under torch.compile (no graph break), else the autograd Function."""
-    seed = draw_seed(dirs[0][0].device) if p > 0 else None
+def _tseed(seed):
+    return None if seed is None else (seed, 0, 0)
+
+
+def _fake_out(q):
+    B, Lq, H, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, H, Lq), dtype=torch.float32)
+
+
+@torch.library.custom_op("lxmert_fast::attn_fwd", mutates_args=())
+def attn_fwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], seed: Optional[Tensor],
+             scale: float, p: float) -> Tuple[Tensor, Tensor]:
+    return attention_forward(((q, k, v, mask),), scale, p, _tseed(seed))[0]
+
+
+@attn_fwd.register_fake
+def _(q, k, v, mask, seed, scale, p):
+    return _fake_out(q)
+
+
+@torch.library.custom_op("lxmert_fast::attn_bwd", mutates_args=())
+def attn_bwd(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], seed: Optional[Tensor],
+             out: Tensor, lse: Tensor, dout: Tensor, scale: float,
+             p: float) -> Tuple[Tensor, Tensor, Tensor]:
+    return attention_backward(((q, k, v, mask),), (out,), (lse,), (dout,), scale, p,
+                              _tseed(seed))[0]
+
+
+@attn_bwd.register_fake
+def _(q, k, v, mask, seed, out, lse, dout, scale, p):
+    return q.new_empty(q.shape), k.new_empty(k.shape), k.new_empty(k.shape)
+
+
+def _attn_setup(ctx, inputs, output):
+    q, k, v, mask, seed, scale, p = inputs
+    ctx.save_for_backward(q, k, v, mask, seed, *output)
+    ctx.scale, ctx.p = scale, p
+
+
+def _attn_backward(ctx, dout, _dlse):
+    q, k, v, mask, seed, out, lse = ctx.saved_tensors
+    dq, dk, dv = attn_bwd(q, k, v, mask, seed, out, lse, dout, ctx.scale, ctx.p)
+    return dq, dk, dv, None, None, None, None
+
+
+attn_fwd.register_autograd(_attn_backward, setup_context=_attn_setup)
+
+
+@torch.library.custom_op("lxmert_fast::attn_pair_fwd", mutates_args=())
+def attn_pair_fwd(qa: Tensor, ka: Tensor, va: Tensor, ma: Optional[Tensor], qb: Tensor,
+                  kb: Tensor, vb: Tensor, mb: Optional[Tensor], seed: Optional[Tensor],
+                  scale: float, p: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    (oa, la), (ob, lb) = attention_forward(((qa, ka, va, ma), (qb, kb, vb, mb)), scale, p,
+                                           _tseed(seed))
+    return oa, la, ob, lb
+
+
+@attn_pair_fwd.register_fake
+def _(qa, ka, va, ma, qb, kb, vb, mb, seed, scale, p):
+    return (*_fake_out(qa), *_fake_out(qb))
+
+
+@torch.library.custom_op("lxmert_fast::attn_pair_bwd", mutates_args=())
+def attn_pair_bwd(qa: Tensor, ka: Tensor, va: Tensor, ma: Optional[Tensor], qb: Tensor,
+                  kb: Tensor, vb: Tensor, mb: Optional[Tensor], seed: Optional[Tensor],
+                  oa: Tensor, la: Tensor, ob: Tensor, lb: Tensor, doa: Tensor, dob: Tensor,
+                  scale: float, p: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ga, gb = attention_backward(((qa, ka, va, ma), (qb, kb, vb, mb)), (oa, ob), (la, lb),
+                                (doa, dob), scale, p, _tseed(seed))
+    return (*ga, *gb)
+
+
+@attn_pair_bwd.register_fake
+def _(qa, ka, va, ma, qb, kb, vb, mb, seed, oa, la, ob, lb, doa, dob, scale, p):
+    return (qa.new_empty(qa.shape), ka.new_empty(ka.shape), ka.new_empty(ka.shape),
+            qb.new_empty(qb.shape), kb.new_empty(kb.shape), kb.new_empty(kb.shape))
+
+
+def _pair_setup(ctx, inputs, output):
+    *tensors, scale, p = inputs
+    ctx.save_for_backward(*tensors, *output)
+    ctx.scale, ctx.p = scale, p
+
+
+def _pair_backward(ctx, doa, _dla, dob, _dlb):
+    qa, ka, va, ma, qb, kb, vb, mb, seed, oa, la, ob, lb = ctx.saved_tensors
+    doa = torch.zeros_like(oa) if doa is None else doa
+    dob = torch.zeros_like(ob) if dob is None else dob
+    g = attn_pair_bwd(qa, ka, va, ma, qb, kb, vb, mb, seed, oa, la, ob, lb, doa, dob, ctx.scale,
+                      ctx.p)
+    return (*g[:3], None, *g[3:], None, None, None, None)
+
+
+attn_pair_fwd.register_autograd(_pair_backward, setup_context=_pair_setup)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public ops.
+# ---------------------------------------------------------------------------------------------
+def _unfit(q, name):
+    """Why the kernel cannot take this problem (the reason the reference runs), or None."""
+    D = q.shape[-1]
+    if D > MAX_HEAD_DIM.get(q.dtype, 0):
+        return (f"does not support head dim {D} in {q.dtype} (at most "
+                f"{MAX_HEAD_DIM.get(q.dtype)}; larger ones spill registers or exceed the sm_90 "
+                f"shared memory: use impl='auto' or 'torch')")
+    return None
+
+
+def _prepare(q, k, v, mask, name):
+    """Kernel-side checks of one direction (shapes were checked); unit last-dim strides."""
+    dt, dev = q.dtype, q.device
+    if k.dtype != dt or v.dtype != dt or k.device != dev or v.device != dev:
+        check_tensors(name, dev, dt, k=k, v=v)
+    if mask is not None and (mask.dtype != torch.bool or mask.device != dev):
+        raise TypeError(f"{name}: key_padding_mask must be a bool tensor on {dev}; got "
+                        f"{mask.dtype} on {mask.device}")
+    Lq, Lk = q.shape[1], k.shape[1]
+    if Lq < 1 or Lk < 1:
+        raise ValueError(f"{name}: sequence lengths must be >= 1; got Lq={Lq}, Lk={Lk}")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if max(Lq * q.stride(1), Lk * k.stride(1), Lk * v.stride(1), Lq * q.shape[2] * q.shape[3],
+           Lk * k.shape[2] * k.shape[3], Lq * ((Lk + 3) // 4)) >= _I32:
+        raise ValueError(f"{name}: one example's q {tuple(q.shape)} / k {tuple(k.shape)} spans "
+                         f"2**31 elements or more, beyond the kernel's int32 in-head offsets")
+    return q, k, v, mask
+
+
+def _seed(p, device):
+    if p == 0:
+        return None
     if torch.compiler.is_compiling():
-        from . import _custom_ops  # noqa: F401  (registers torch.ops.lxmert_fast.*)
+        return draw_seed(device)
+    return seed_args(device)
 
-        return _custom_ops.attention_dirs(dirs, seed, scale, p)
-    return _AttentionFn.apply(scale, p, seed, *[t for d in dirs for t in d])
 
 def attention(q, k, v, key_padding_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
               scale: Optional[float] = None, impl: str = "auto") -> torch.Tensor:
@@ -405,10 +598,14 @@ def attention(q, k, v, key_padding_mask: Optional[torch.Tensor] = None, dropout_
     Dropout (``dropout_p`` > 0) is applied to the probabilities, as in BERT; pass 0 in eval."""
     _check_qkv(q, k, v, key_padding_mask)
     p = check_dropout_p("attention", dropout_p)
-    if not use_kernel(impl, q, "attention", fits=q.shape[-1] <= MAX_HEAD_DIM):
+    if not use_kernel(impl, q, "attention", _unfit(q, "attention")):
         return attention_ref(q, k, v, key_padding_mask, p, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _run_kernel([_prepare(q, k, v, key_padding_mask, "attention")], p, scale)[0]
+    q, k, v, mask = _prepare(q, k, v, key_padding_mask, "attention")
+    seed = _seed(p, q.device)
+    if torch.compiler.is_compiling():
+        return attn_fwd(q, k, v, mask, seed, scale, p)[0]
+    return _AttentionFn.apply(q, k, v, mask, scale, p, seed)
 
 
 def cross_attention_pair(q_l, k_l, v_l, q_v, k_v, v_v, mask_l=None, mask_v=None,
@@ -421,11 +618,16 @@ def cross_attention_pair(q_l, k_l, v_l, q_v, k_v, v_v, mask_l=None, mask_v=None,
     _check_qkv(q_l, k_v, v_v, mask_v, name_l)
     _check_qkv(q_v, k_l, v_l, mask_l, name_v)
     p = check_dropout_p("cross_attention_pair", dropout_p)
-    if not use_kernel(impl, q_l, "cross_attention_pair", fits=q_l.shape[-1] <= MAX_HEAD_DIM):
+    if not use_kernel(impl, q_l, "cross_attention_pair", _unfit(q_l, "cross_attention_pair")):
         return (attention_ref(q_l, k_v, v_v, mask_v, p), attention_ref(q_v, k_l, v_l, mask_l, p))
     if q_l.shape[0] != q_v.shape[0] or q_l.shape[2:] != q_v.shape[2:] or q_l.dtype != q_v.dtype:
         raise ValueError(f"cross_attention_pair: q_l {tuple(q_l.shape)} {q_l.dtype} and q_v "
                          f"{tuple(q_v.shape)} {q_v.dtype} must share B, H, D and dtype")
-    dirs = [_prepare(q_l, k_v, v_v, mask_v, name_l), _prepare(q_v, k_l, v_l, mask_l, name_v)]
-    out_l, out_v = _run_kernel(dirs, p, 1.0 / math.sqrt(q_l.shape[-1]))
-    return out_l, out_v
+    a = _prepare(q_l, k_v, v_v, mask_v, name_l)
+    b = _prepare(q_v, k_l, v_l, mask_l, name_v)
+    scale = 1.0 / math.sqrt(q_l.shape[-1])
+    seed = _seed(p, q_l.device)
+    if torch.compiler.is_compiling():
+        out_l, _, out_v, _ = attn_pair_fwd(*a, *b, seed, scale, p)
+        return out_l, out_v
+    return _PairFn.apply(*a, *b, scale, p, seed)

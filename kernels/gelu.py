@@ -6,10 +6,14 @@ bias is added here instead of in the GEMM (one read of x, one write of y). The b
 x + bias, writes dx and keeps d(bias) partial sums per program in registers over many rows; one
 small (G, N) -> (N,) torch sum finishes them. float32/float16/bfloat16, computed in float32.
 """
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from ._impl import check_tensors, next_pow2, sm_count, tl, triton, use_kernel
+from . import _impl
+from ._impl import check_tensors, next_pow2, tl, triton, use_kernel
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)  # globals read by kernels must be constexpr
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -83,13 +87,15 @@ def bias_gelu_backward(x, bias, dy):
     M, N = x.shape
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bm, bn = _tiles(M, N)
-    if x.is_cuda:
-        sms = sm_count(x.device.index)
+    sms = _impl.num_sms(x.device)
+    if sms:
         G = max(1, min(triton.cdiv(4 * sms, triton.cdiv(N, bn)), triton.cdiv(M, bm)))
     else:  # the interpreter: few, long programs
         G = max(1, min(2, triton.cdiv(M, bm)))
-    part = torch.zeros((G, N), dtype=torch.float32, device=x.device)
-    if M > 0:
+    part = torch.empty((G, N), dtype=torch.float32, device=x.device)  # every program writes
+    if M == 0:
+        part.zero_()
+    else:
         _gelu_bwd_kernel[(G, triton.cdiv(N, bn))](
             x, bias, dy, dx, part, M, N, triton.cdiv(M, G), x.stride(0), dy.stride(0), bm, bn,
             num_warps=4)
@@ -108,6 +114,39 @@ class _BiasGeluFn(torch.autograd.Function):
         return bias_gelu_backward(x, bias, _rows(dy, x.shape[1]))
 
 
+@torch.library.custom_op("lxmert_fast::bias_gelu_fwd", mutates_args=())
+def bias_gelu_fwd(x: Tensor, bias: Tensor) -> Tensor:
+    """The launchers as a torch custom op (torch.compile: no graph break at the kernel)."""
+    return bias_gelu_forward(x, bias)
+
+
+@bias_gelu_fwd.register_fake
+def _(x, bias):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("lxmert_fast::bias_gelu_bwd", mutates_args=())
+def bias_gelu_bwd(x: Tensor, bias: Tensor, dy: Tensor) -> Tuple[Tensor, Tensor]:
+    return bias_gelu_backward(x, bias, dy.contiguous())
+
+
+@bias_gelu_bwd.register_fake
+def _(x, bias, dy):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device), bias.new_empty(bias.shape)
+
+
+def _gelu_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _gelu_backward(ctx, dy):
+    x, bias = ctx.saved_tensors
+    return bias_gelu_bwd(x, bias, dy)
+
+
+bias_gelu_fwd.register_autograd(_gelu_backward, setup_context=_gelu_setup)
+
+
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """gelu_erf(x + bias) with bias (N,) broadcast over the last dim of x (..., N)."""
     if tuple(bias.shape) != (x.shape[-1],):
@@ -118,9 +157,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.
     check_tensors("bias_gelu", x.device, bias.dtype, bias=bias)
     x2 = _rows(x, x.shape[-1])
     if torch.compiler.is_compiling():
-        from ._custom_ops import bias_gelu_op
-
-        y = bias_gelu_op(x2, bias)
+        y = bias_gelu_fwd(x2, bias)
     else:
         y = _BiasGeluFn.apply(x2, bias)
     return y.view(x.shape)

@@ -13,13 +13,15 @@ them (the Apex / Liger scheme). ``residual`` may be None (plain LN of dropout(x 
 Accumulation is in float32 for float32/float16/bfloat16 inputs; wider rows fall back to the
 reference, as do other dtypes under impl="auto" (impl="triton" raises for them).
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from ._dropout import check_dropout_p, draw_seed, dropout_keep
-from ._impl import check_tensors, next_pow2, sm_count, tl, triton, use_kernel
+from . import _impl
+from ._dropout import check_dropout_p, draw_seed, keep4, seed_args, threshold
+from ._impl import KERNEL_DTYPES, check_tensors, next_pow2, tl, triton, use_kernel
 
 MAX_N = 8192
 
@@ -38,72 +40,87 @@ def dropout_add_layer_norm_ref(x, residual, weight, bias, eps=1e-12, dropout_p=0
     return F.layer_norm(h, (h.shape[-1],), weight, bias, eps).to(dtype)
 
 
+# Offsets: a tile's first row is an int64 base (rows * stride can pass 2**31); offsets inside a
+# tile are int32. Dropout: ``_dropout.keep4`` with counters (4-column group) in stream (row).
 @triton.jit
-def _ln_input(x_ptr, r_ptr, xb_ptr, seed_ptr, rows, cols, msk, N, sx, sr, p_drop,
-              HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, DROPOUT: tl.constexpr):
-    """z = dropout(x + x_bias) + residual for a (BM, BN) tile, in float32, and the keep mask."""
-    z = tl.load(x_ptr + rows[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+def _ln_input(x_ptr, r_ptr, xb_ptr, seed, call, thr, rows, r, cols, msk, N, sx, sr, inv_keep,
+              HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, DROPOUT: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr):
+    """z = dropout(x + x_bias) + residual for a (BM, BN) tile, in float32, and the keep mask.
+    ``x_ptr``/``r_ptr`` point at the tile's first row; ``r`` local rows, ``rows`` global ones."""
+    z = tl.load(x_ptr + r[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
     if HAS_XB:
         z += tl.load(xb_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
     keep = msk
     if DROPOUT:
-        keep = dropout_keep(seed_ptr, rows[:, None] * N + cols[None, :], p_drop)
-        z = tl.where(keep, z / (1.0 - p_drop), 0.0)
+        groups = tl.zeros([BM, BN // 4], tl.int32) + tl.arange(0, BN // 4)[None, :]
+        keep = keep4(seed, groups, rows[:, None], call, thr)
+        z = tl.where(keep, z * inv_keep, 0.0)
     if HAS_RES:
-        z += tl.load(r_ptr + rows[:, None] * sr + cols[None, :], mask=msk, other=0.0).to(tl.float32)
+        z += tl.load(r_ptr + r[:, None] * sr + cols[None, :], mask=msk, other=0.0).to(tl.float32)
     return z, keep
 
 
-@triton.jit
-def _ln_fwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, seed_ptr,
-                   M, N, sx, sr, sy, eps, p_drop, HAS_RES: tl.constexpr, HAS_XB: tl.constexpr,
-                   DROPOUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+@triton.jit(do_not_specialize=["seed", "call"])
+def _ln_fwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, seed_ptr, seed,
+                   call, thr, M, N, sx, sr, sy, eps, inv_keep, HAS_RES: tl.constexpr,
+                   HAS_XB: tl.constexpr, SEED_IN_TENSOR: tl.constexpr, DROPOUT: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr):
+    row0 = tl.program_id(0).to(tl.int64) * BM
+    r = tl.arange(0, BM)
+    rows = row0 + r
     cols = tl.arange(0, BN)
     msk = (rows < M)[:, None] & (cols < N)[None, :]
-    z, _ = _ln_input(x_ptr, r_ptr, xb_ptr, seed_ptr, rows, cols, msk, N, sx, sr, p_drop,
-                     HAS_RES, HAS_XB, DROPOUT)
+    if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
+        seed = tl.load(seed_ptr)
+    z, _ = _ln_input(x_ptr + row0 * sx, r_ptr + row0 * sr, xb_ptr, seed, call, thr, rows, r, cols,
+                     msk, N, sx, sr, inv_keep, HAS_RES, HAS_XB, DROPOUT, BM, BN)
     mean = tl.sum(z, 1) / N
     zc = tl.where(msk, z - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, 1) / N + eps)
     w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     y = zc * rstd[:, None] * w[None, :] + b[None, :]
-    tl.store(y_ptr + rows[:, None] * sy + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=msk)
+    tl.store(y_ptr + row0 * sy + r[:, None] * sy + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=msk)
     tl.store(mean_ptr + rows, mean, mask=rows < M)
     tl.store(rstd_ptr + rows, rstd, mask=rows < M)
 
 
-@triton.jit
-def _ln_bwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, seed_ptr, dz_ptr,
-                   dx_ptr, part_ptr, M, N, G, rows_per_prog, sx, sr, sdy, p_drop,
-                   HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, DROPOUT: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr):
+@triton.jit(do_not_specialize=["seed", "call"])
+def _ln_bwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, seed_ptr, seed, call,
+                   thr, dz_ptr, dx_ptr, part_ptr, M, N, G, rows_per_prog, sx, sr, sdy, inv_keep,
+                   HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, SEED_IN_TENSOR: tl.constexpr,
+                   DROPOUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     pid = tl.program_id(0)
+    if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
+        seed = tl.load(seed_ptr)
     cols = tl.arange(0, BN)
+    r = tl.arange(0, BM)
     w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
     dw = tl.zeros([BN], tl.float32)
     db = tl.zeros([BN], tl.float32)
     dxb = tl.zeros([BN], tl.float32)
     row_end = tl.minimum(pid * rows_per_prog + rows_per_prog, M)
     for r0 in range(pid * rows_per_prog, row_end, BM):
-        rows = r0 + tl.arange(0, BM)
+        base = tl.cast(r0, tl.int64)
+        rows = base + r
         msk = (rows < row_end)[:, None] & (cols < N)[None, :]
-        z, keep = _ln_input(x_ptr, r_ptr, xb_ptr, seed_ptr, rows, cols, msk, N, sx, sr, p_drop,
-                            HAS_RES, HAS_XB, DROPOUT)
+        z, keep = _ln_input(x_ptr + base * sx, r_ptr + base * sr, xb_ptr, seed, call, thr, rows, r,
+                            cols, msk, N, sx, sr, inv_keep, HAS_RES, HAS_XB, DROPOUT, BM, BN)
         mean = tl.load(mean_ptr + rows, mask=rows < row_end, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=rows < row_end, other=0.0)
         xhat = tl.where(msk, (z - mean[:, None]) * rstd[:, None], 0.0)
-        dy = tl.load(dy_ptr + rows[:, None] * sdy + cols[None, :], mask=msk, other=0.0)
+        dy = tl.load(dy_ptr + base * sdy + r[:, None] * sdy + cols[None, :], mask=msk, other=0.0)
         dy = dy.to(tl.float32)
         g = dy * w[None, :]
         c1 = tl.sum(xhat * g, 1) / N
         c2 = tl.sum(g, 1) / N
         dz = tl.where(msk, (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None], 0.0)
-        offs = rows[:, None] * N + cols[None, :]
+        offs = base * N + r[:, None] * N + cols[None, :]
         tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=msk)
         if DROPOUT:
-            dz = tl.where(keep, dz / (1.0 - p_drop), 0.0)
+            dz = tl.where(keep, dz * inv_keep, 0.0)
             tl.store(dx_ptr + offs, dz.to(dx_ptr.dtype.element_ty), mask=msk)
         dw += tl.sum(dy * xhat, 0)
         db += tl.sum(dy, 0)
@@ -119,72 +136,149 @@ def _rows(t, N):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _tiles(M, N):
+def _tiles(M, N, backward):
+    """(BM, BN, num_warps): ~4096 elements per forward tile, ~2048 per backward tile (the backward
+    holds twice the live tensors), <= 8 per thread in the backward (sm_90 compile figures)."""
     bn = next_pow2(N)
-    bm = max(1, min(16, 4096 // bn, next_pow2(M)))
-    return bm, bn, (4 if bm * bn <= 2048 else 8)
+    bm = max(1, min(16, (2048 if backward else 4096) // bn, next_pow2(M)))
+    return bm, bn, (4 if bm * bn <= (1024 if backward else 2048) else 8)
 
 
-def _num_bwd_programs(x, M, bm):
-    if x.is_cuda:
-        sms = sm_count(x.device.index)
-        return max(1, min(2 * sms, triton.cdiv(M, bm)))
+# Resident backward programs per SM the grid is sized for: one wave of long programs. Checked
+# against the compile figures by tests/kernels/test_kernel_sm90_compile.py.
+BWD_PROGRAMS_PER_SM = 2
+
+
+def _num_bwd_programs(device, M, bm):
+    sms = _impl.num_sms(device)
+    if sms:
+        return max(1, min(BWD_PROGRAMS_PER_SM * sms, triton.cdiv(M, bm)))
     return max(1, min(4, triton.cdiv(M, bm)))  # the interpreter: few, long programs
 
 
+def _seed_head(x, p, seed):
+    st, si, call = (None, 0, 0) if seed is None else seed
+    return (x if st is None else st, si, call, threshold(p)), st is not None
+
+
 def layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p):
-    """(y, mean, rstd) with x, residual given as (M, N) row views."""
+    """(y, mean, rstd) with x, residual given as (M, N) row views; ``seed`` as
+    ``_dropout.seed_args`` returns it (None without dropout)."""
     M, N = x.shape
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     mean = torch.empty((M,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M == 0:
         return y, mean, rstd
-    bm, bn, warps = _tiles(M, N)
+    bm, bn, warps = _tiles(M, N, False)
     r = x if residual is None else residual
+    head, in_tensor = _seed_head(x, p, seed)
     _ln_fwd_kernel[(triton.cdiv(M, bm),)](
-        x, r, x if x_bias is None else x_bias, weight, bias, y, mean, rstd,
-        x if seed is None else seed, M, N, x.stride(0), r.stride(0), y.stride(0), eps, p,
-        residual is not None, x_bias is not None, p > 0, bm, bn, num_warps=warps)
+        x, r, x if x_bias is None else x_bias, weight, bias, y, mean, rstd, *head, M, N,
+        x.stride(0), r.stride(0), y.stride(0), eps, 1.0 / (1.0 - p), residual is not None,
+        x_bias is not None, in_tensor, p > 0, bm, bn, num_warps=warps)
     return y, mean, rstd
 
 
 def layer_norm_backward(x, residual, weight, x_bias, seed, mean, rstd, dy, p):
-    """(dz, dx or None, dweight, dbias, dx_bias or None): dz is the residual's gradient and, without
-    dropout, also x's."""
+    """(dz, dx or None, sums): dz is the residual's gradient and, without dropout, also x's; sums
+    (3, N) in the weight's dtype holds dweight, dbias and dx_bias (``_split`` them: no copies)."""
     M, N = x.shape
     dz = torch.empty((M, N), dtype=x.dtype if residual is None else residual.dtype, device=x.device)
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device) if p > 0 else None
-    bm, bn, warps = _tiles(M, N)
-    G = _num_bwd_programs(x, M, bm)
-    part = torch.zeros((3, G, N), dtype=torch.float32, device=x.device)
+    bm, bn, warps = _tiles(M, N, True)
+    G = _num_bwd_programs(x.device, M, bm)
+    part = torch.empty((3, G, N), dtype=torch.float32, device=x.device)  # every program writes
     if M > 0:
         r = x if residual is None else residual
+        head, in_tensor = _seed_head(x, p, seed)
         _ln_bwd_kernel[(G,)](
-            x, r, x if x_bias is None else x_bias, weight, dy, mean, rstd,
-            x if seed is None else seed, dz, dz if dx is None else dx, part, M, N, G,
-            triton.cdiv(M, G), x.stride(0), r.stride(0), dy.stride(0), p,
-            residual is not None, x_bias is not None, p > 0, bm, bn, num_warps=warps)
+            x, r, x if x_bias is None else x_bias, weight, dy, mean, rstd, *head, dz,
+            dz if dx is None else dx, part, M, N, G, triton.cdiv(M, G), x.stride(0), r.stride(0),
+            dy.stride(0), 1.0 / (1.0 - p), residual is not None, x_bias is not None, in_tensor,
+            p > 0, bm, bn, num_warps=warps)
+    else:
+        part.zero_()
     sums = part.sum(1)  # (3, N): the one small final reduction
-    dxb = None if x_bias is None else sums[2].to(x_bias.dtype, copy=True)
-    return dz, dx, sums[0].to(weight.dtype, copy=True), sums[1].to(weight.dtype, copy=True), dxb
+    return dz, dx, sums if sums.dtype == weight.dtype else sums.to(weight.dtype)
+
+
+def _split(sums, x_bias):
+    """dweight, dbias, dx_bias (or None) from the backward's (3, N) sums."""
+    dxb = None if x_bias is None else sums[2] if x_bias.dtype == sums.dtype else \
+        sums[2].to(x_bias.dtype)
+    return sums[0], sums[1], dxb
 
 
 class _DropoutAddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, x_bias, seed, eps, p):
         y, mean, rstd = layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p)
-        ctx.save_for_backward(x, residual, weight, x_bias, seed, mean, rstd)
-        ctx.p = p
+        ctx.save_for_backward(x, residual, weight, x_bias, mean, rstd,
+                              seed[0] if seed else None)
+        ctx.p, ctx.seed = p, seed
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, residual, weight, x_bias, seed, mean, rstd = ctx.saved_tensors
-        dz, dx, dw, db, dxb = layer_norm_backward(x, residual, weight, x_bias, seed, mean, rstd,
-                                                  _rows(dy, x.shape[1]), ctx.p)
+        x, residual, weight, x_bias, mean, rstd, _ = ctx.saved_tensors
+        dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, ctx.seed, mean, rstd,
+                                           _rows(dy, x.shape[1]), ctx.p)
+        dw, db, dxb = _split(sums, x_bias)
         dres = None if residual is None else dz
         return (dz if dx is None else dx), dres, dw, db, dxb, None, None, None
+
+
+# --- the same launchers as a torch custom op (torch.compile: no graph break) -----------------
+def _tseed(seed):
+    return None if seed is None else (seed, 0, 0)
+
+
+@torch.library.custom_op("lxmert_fast::ln_fwd", mutates_args=())
+def ln_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Tensor,
+           x_bias: Optional[Tensor], seed: Optional[Tensor], eps: float,
+           p: float) -> Tuple[Tensor, Tensor, Tensor]:
+    return layer_norm_forward(x, residual, weight, bias, x_bias, _tseed(seed), eps, p)
+
+
+@ln_fwd.register_fake
+def _(x, residual, weight, bias, x_bias, seed, eps, p):
+    M = x.shape[0]
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32))
+
+
+@torch.library.custom_op("lxmert_fast::ln_bwd", mutates_args=())
+def ln_bwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, x_bias: Optional[Tensor],
+           seed: Optional[Tensor], mean: Tensor, rstd: Tensor, dy: Tensor,
+           p: float) -> Tuple[Tensor, Tensor, Tensor]:
+    dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, _tseed(seed), mean, rstd,
+                                       dy.contiguous(), p)
+    return dz, x.new_empty((0,)) if dx is None else dx, sums
+
+
+@ln_bwd.register_fake
+def _(x, residual, weight, x_bias, seed, mean, rstd, dy, p):
+    dz_dtype = x.dtype if residual is None else residual.dtype
+    return (x.new_empty(x.shape, dtype=dz_dtype), x.new_empty(x.shape if p > 0 else (0,)),
+            weight.new_empty((3, x.shape[1])))
+
+
+def _ln_setup(ctx, inputs, output):
+    x, residual, weight, _, x_bias, seed, _, p = inputs
+    ctx.save_for_backward(x, residual, weight, x_bias, seed, output[1], output[2])
+    ctx.p, ctx.has_res, ctx.has_xb = p, residual is not None, x_bias is not None
+
+
+def _ln_backward(ctx, dy, _dmean, _drstd):
+    x, residual, weight, x_bias, seed, mean, rstd = ctx.saved_tensors
+    dz, dx, sums = ln_bwd(x, residual, weight, x_bias, seed, mean, rstd, dy, ctx.p)
+    dw, db, dxb = _split(sums, x_bias)
+    return (dz if ctx.p == 0 else dx, dz if ctx.has_res else None, dw, db,
+            dxb if ctx.has_xb else None, None, None, None)
+
+
+ln_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
 
 
 def _check(x, residual, weight, bias, x_bias):
@@ -198,24 +292,37 @@ def _check(x, residual, weight, bias, x_bias):
                              f"for x of shape {tuple(x.shape)}")
 
 
+def _check_kernel_inputs(x, residual, weight, bias, x_bias):
+    """Devices and kernel dtypes (dtypes may differ: fp32 LN weights with bf16 activations)."""
+    dev = x.device
+    for t in (residual, weight, bias, x_bias):
+        if t is not None and (t.device != dev or t.dtype not in KERNEL_DTYPES):
+            for name, u in (("residual", residual), ("weight", weight), ("bias", bias),
+                            ("x_bias", x_bias)):
+                if u is not None:
+                    check_tensors("dropout_add_layer_norm", dev, u.dtype, **{name: u})
+    M = x.numel() // max(x.shape[-1], 1)
+    if M >= 2 ** 31:
+        raise ValueError(f"dropout_add_layer_norm: x {tuple(x.shape)} has {M} rows, beyond the "
+                         f"kernel's int32 row indices (2**31)")
+
+
 def dropout_add_layer_norm(x, residual, weight, bias, eps: float = 1e-12, dropout_p: float = 0.0,
                            x_bias: Optional[torch.Tensor] = None,
                            impl: str = "auto") -> torch.Tensor:
     """LayerNorm(dropout(x + x_bias) + residual) over the last dim; ``residual`` may be None."""
     _check(x, residual, weight, bias, x_bias)
     p = check_dropout_p("dropout_add_layer_norm", dropout_p)
-    if not use_kernel(impl, x, "dropout_add_layer_norm", fits=x.shape[-1] <= MAX_N):
-        return dropout_add_layer_norm_ref(x, residual, weight, bias, eps, p, x_bias)
-    for name, t in (("residual", residual), ("weight", weight), ("bias", bias), ("x_bias", x_bias)):
-        if t is not None:  # dtypes may differ (fp32 LN weights with bf16 activations)
-            check_tensors("dropout_add_layer_norm", x.device, t.dtype, **{name: t})
     N = x.shape[-1]
+    unfit = None if N <= MAX_N else f"does not support rows of {N} > MAX_N = {MAX_N} features"
+    if not use_kernel(impl, x, "dropout_add_layer_norm", unfit):
+        return dropout_add_layer_norm_ref(x, residual, weight, bias, eps, p, x_bias)
+    _check_kernel_inputs(x, residual, weight, bias, x_bias)
     x2, r2 = _rows(x, N), None if residual is None else _rows(residual, N)
-    seed = draw_seed(x.device) if p > 0 else None
     if torch.compiler.is_compiling():
-        from ._custom_ops import layer_norm_op
-
-        y = layer_norm_op(x2, r2, weight, bias, x_bias, seed, float(eps), p)
+        seed = draw_seed(x.device) if p > 0 else None
+        y = ln_fwd(x2, r2, weight, bias, x_bias, seed, float(eps), p)[0]
     else:
+        seed = seed_args(x.device) if p > 0 else None
         y = _DropoutAddLayerNormFn.apply(x2, r2, weight, bias, x_bias, seed, float(eps), p)
     return y.view(x.shape)
