@@ -20,11 +20,14 @@ if __package__ in (None, ""):  # `deepspeed lxmert_fast/finetune.py` runs this f
 
 from lxmert_fast.training import env  # noqa: E402  (sets DS_ACCELERATOR before deepspeed loads)
 
+LOG_EVERY = {"cuda": 10}   # host reads of the losses every N steps on a GPU (train.py)
+
 
 def build(args, info):
     """Data, process group, model (scratch / pretrained / fine-tuned), engine, resume state."""
     from lxmert_fast.tasks import runner
     from lxmert_fast.training.checkpoint import Checkpointer
+    from lxmert_fast.training.compile import compile_engine
     from lxmert_fast.training.engine import build_engine
     from lxmert_fast.training.sampler import ResumableBatchSampler
 
@@ -47,6 +50,8 @@ def build(args, info):
         runner.save_run_info(args, data, model.config, ds_config, info["world_size"], init)
     engine = build_engine(model, ds_config, args.max_steps, args.warmup_ratio,
                           runner.peak_lr(args))
+    if not args.eval_only:
+        compile_engine(engine, args.compile, info["device"], env.rank())
     sampler = None if args.eval_only else ResumableBatchSampler(
         len(data.train), engine.train_micro_batch_size_per_gpu(),
         engine.gradient_accumulation_steps(), env.world_size(), env.rank(), args.seed)
@@ -62,7 +67,8 @@ def build(args, info):
 
 def train(args, data, engine, sampler, ckpt, start, init):
     from lxmert_fast.tasks import runner
-    from lxmert_fast.training import loop
+    from lxmert_fast.training import loop, step
+    from lxmert_fast.training.compile import compiled_mode
     from lxmert_fast.training.metrics import MetricsLogger
 
     metrics = MetricsLogger(args.output_dir, env.rank(), start, args.max_steps,
@@ -72,12 +78,15 @@ def train(args, data, engine, sampler, ckpt, start, init):
                   f"{sampler.global_batch} on {env.world_size()} rank(s), steps "
                   f"{start}->{args.stop_at or args.max_steps} of {args.max_steps}")
     plan = loop.Plan(args.max_steps, args.save_steps, args.eval_steps, args.stop_at,
-                     args.num_workers)
+                     args.num_workers, log_every=LOG_EVERY.get(str(engine.device.type), 1))
     evaluate = runner.Evaluator(args, data, sampler.micro_batch, metrics.print)
+    # a compiled step needs static shapes: text padded to max_seq_len (eager: the longest)
+    compiled = compiled_mode(engine.module) is not None
+    batches = step.FinetuneBatches(runner.MakeBatch(data.train),
+                                   args.max_seq_len if compiled else None)
     try:
-        done = loop.train(engine, sampler, runner.MakeBatch(data.train),
-                          runner.Forward(args.task), plan, [args.task], ckpt, metrics, start,
-                          evaluate)
+        done = loop.train(engine, sampler, batches, step.FinetuneForward(args.task), plan,
+                          [args.task], ckpt, metrics, start, evaluate)
         if done == args.max_steps:
             runner.save_final_model(engine, args.output_dir)
         metrics.print(f"stopped at step {done} of {args.max_steps}; checkpoint "

@@ -17,12 +17,17 @@ if __package__ in (None, ""):  # `deepspeed lxmert_fast/train.py` runs this file
 
 from lxmert_fast.training import env  # noqa: E402  (sets DS_ACCELERATOR before deepspeed loads)
 
+# The host reads the losses every N steps (one metrics line per step still): on a GPU every
+# read waits for the device, so the next steps' launches would not overlap the running step.
+LOG_EVERY = {"cuda": 10}
+
 
 def build(args, info):
     """Everything before the first step: data, process group, model, engine, resume state."""
     from lxmert_fast import LxmertForPreTraining
     from lxmert_fast.training import pretrain
     from lxmert_fast.training.checkpoint import Checkpointer
+    from lxmert_fast.training.compile import compile_engine
     from lxmert_fast.training.engine import build_engine
     from lxmert_fast.training.sampler import ResumableBatchSampler
 
@@ -39,6 +44,7 @@ def build(args, info):
     env.seed_everything(args.seed, 0)        # identical initial weights on every rank
     model = LxmertForPreTraining(config)
     engine = build_engine(model, ds_config, args.max_steps, args.warmup_ratio, args.lr)
+    compile_engine(engine, args.compile, info["device"], env.rank())
     sampler = ResumableBatchSampler(len(data.train), engine.train_micro_batch_size_per_gpu(),
                                     engine.gradient_accumulation_steps(), env.world_size(),
                                     env.rank(), args.seed)
@@ -53,7 +59,7 @@ def build(args, info):
 
 
 def train(args, data, engine, sampler, ckpt, start):
-    from lxmert_fast.training import loop, pretrain
+    from lxmert_fast.training import loop, pretrain, step
     from lxmert_fast.training.evaluate import evaluate_pretraining, format_results
     from lxmert_fast.training.metrics import MetricsLogger
 
@@ -65,14 +71,15 @@ def train(args, data, engine, sampler, ckpt, start):
                   f"batch {sampler.global_batch} on {env.world_size()} rank(s), steps "
                   f"{start}->{args.stop_at or args.max_steps} of {args.max_steps}")
     plan = loop.Plan(args.max_steps, args.save_steps, args.eval_steps, args.stop_at,
-                     args.num_workers)
+                     args.num_workers, log_every=LOG_EVERY.get(str(engine.device.type), 1))
 
     def evaluate(eng):
         return evaluate_pretraining(eng, data.valid, sampler.micro_batch, args.eval_examples)
 
+    batches = step.PretrainBatches(pretrain.make_batch_fn(data.train, args.qa_from_epoch))
     try:
-        done = loop.train(engine, sampler, pretrain.make_batch_fn(data.train, args.qa_from_epoch),
-                          pretrain.forward, plan, pretrain.TASKS, ckpt, metrics, start, evaluate)
+        done = loop.train(engine, sampler, batches, step.pretrain_forward, plan, pretrain.TASKS,
+                          ckpt, metrics, start, evaluate)
         metrics.print(f"stopped at step {done} of {args.max_steps}; checkpoint "
                       f"{ckpt.latest_tag()} in {ckpt.dir}; metrics in {metrics.path}")
     finally:

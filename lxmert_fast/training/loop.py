@@ -1,15 +1,20 @@
 """The task-agnostic DeepSpeed training loop (pretraining and fine-tuning share it).
 
 The task supplies `make_batch(MicroBatch) -> dict` (runs in DataLoader workers; deterministic in
-the micro-batch alone) and `forward(engine, batch) -> (loss, {task: loss})`. Per optimizer step
-the loop runs the accumulation micro-batches, gathers [loss, per-task losses] from every rank
-(one all_gather), stops with an error naming the step and rank(s) on a NaN/inf loss, logs the
-rank-averaged losses, and saves / evaluates / stops on schedule. The data position is a function
-of the step (sampler.py), so resuming is starting the loop at the checkpoint's step.
+the micro-batch alone) and `forward(engine, batch) -> (loss, {task: loss}, {task: present})`
+(training/step.py: `present` is a 0-d device tensor, 1 where the micro-batch has labels for the
+task). Per micro-batch the loss row [loss, (task loss, present)...] stays on the device: the
+forward and backward never wait for the device. Every `log_every` steps, and before a checkpoint,
+an evaluation or the end, the rows of the pending steps are gathered from every rank (one
+all_gather) and read by the host once; the loop then stops with an error naming the step and
+rank(s) on a NaN/inf loss (before any checkpoint holds it) and logs one line per step. The data
+position is a function of the step (sampler.py), so resuming is starting the loop at the
+checkpoint's step.
 """
 import math
+import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -29,9 +34,10 @@ class Plan:
     eval_steps: int = 0           # 0: evaluate only at the end
     stop_at: Optional[int] = None  # stop (after a checkpoint) at this step, schedule unchanged
     num_workers: int = 0
+    log_every: int = 1            # read the losses on the host every N steps (one line each)
 
     def __post_init__(self):
-        for name in ("total_steps", "save_steps"):
+        for name in ("total_steps", "save_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.eval_steps < 0:
@@ -64,28 +70,95 @@ def batches(sampler: ResumableBatchSampler, make_batch, start: int, end: int, nu
 
 
 def _grad_norm_before_step(engine):
-    """Stage-0 fp32 engines clip without recording the norm: compute it (grads are reduced)."""
+    """Stage-0 fp32 engines clip without recording the norm: compute it (grads are reduced); a
+    device tensor, read at the next flush."""
     if engine.zero_optimization() or engine.fp16_enabled() or engine.bfloat16_enabled():
         return None
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
+    return torch.nn.utils.get_total_norm(grads).detach() if grads else None
 
 
-def _reduce(values: torch.Tensor, task_names: Sequence[str], step: int):
-    """values: (micro, 1 + 2*tasks) rows [loss, (task_loss, present)...] -> means over ranks."""
-    rows = env.all_gather_rows(values.sum(0))                    # (world, 1 + 2*tasks)
-    counts = env.all_gather_rows(torch.tensor([float(values.shape[0])], dtype=torch.float64))
-    bad = [r for r in range(rows.shape[0]) if not math.isfinite(rows[r].sum().item())]
-    if bad:
-        raise NonFiniteLossError(f"non-finite loss at step {step + 1} on rank(s) {bad}: "
-                                 f"{rows[bad[0], 0].item()}")
-    loss = (rows[:, 0].sum() / counts.sum()).item()
-    losses = {}
-    for i, name in enumerate(task_names):
-        present = rows[:, 2 + 2 * i].sum().item()
-        if present:
-            losses[name] = rows[:, 1 + 2 * i].sum().item() / present
-    return loss, losses
+def loss_row(loss, losses: dict, present: dict, task_names: Sequence[str]) -> torch.Tensor:
+    """(1 + 2 * tasks,) float64 on the loss's device: [loss, (task loss x present, present)...];
+    a task missing from `losses` is (0, 0), one missing from `present` counts as present."""
+    zero = loss.detach().new_zeros((), dtype=torch.float64)
+    values = [loss.detach().double()]
+    for name in task_names:
+        if name not in losses:
+            values += [zero, zero]
+        elif name not in present:
+            values += [losses[name].detach().double(), zero + 1.0]
+        else:
+            flag = present[name].to(torch.float64)
+            values += [losses[name].detach().double() * flag, flag]
+    return torch.stack(values)
+
+
+def micro_step(engine, forward, batch, task_names: Sequence[str]) -> torch.Tensor:
+    """Forward and backward of one micro-batch (already on the device) -> its loss row, on the
+    device: what train.py runs, and what tests/training/test_step_graph.py checks for syncs."""
+    loss, losses, present = forward(engine, batch)
+    engine.backward(loss)
+    return loss_row(loss, losses, present, task_names)
+
+
+@dataclass
+class _Pending:
+    step: int                  # 1-based
+    epoch: int
+    row: torch.Tensor          # (1 + 2 * tasks,) summed over the micro-batches, on the device
+    lr: float
+    grad_norm: object          # None, float or device tensor
+    skipped_steps: int
+
+
+def _reduce(rows: torch.Tensor, micro: int, task_names: Sequence[str], steps: Sequence[int]):
+    """rows: (steps, 1 + 2*tasks) this rank's sums -> per step (loss, {task: mean}) over ranks."""
+    gathered = env.all_gather_rows(rows.reshape(-1)).cpu()        # one read by the host
+    gathered = gathered.reshape(gathered.shape[0], len(steps), -1)   # (world, steps, cols)
+    count = float(gathered.shape[0] * micro)
+    out = []
+    for i, step in enumerate(steps):
+        per_rank = gathered[:, i]
+        bad = [r for r in range(per_rank.shape[0]) if not math.isfinite(per_rank[r].sum().item())]
+        if bad:
+            raise NonFiniteLossError(f"non-finite loss at step {step} on rank(s) {bad}: "
+                                     f"{per_rank[bad[0], 0].item()}")
+        loss = (per_rank[:, 0].sum() / count).item()
+        losses = {}
+        for j, name in enumerate(task_names):
+            present = per_rank[:, 2 + 2 * j].sum().item()
+            if present:
+                losses[name] = per_rank[:, 1 + 2 * j].sum().item() / present
+        out.append((loss, losses))
+    return out
+
+
+class _Logger:
+    """The pending steps' rows, flushed to the metrics log (see the module docstring)."""
+
+    def __init__(self, metrics, task_names, micro: int, samples: int):
+        self.metrics, self.task_names, self.micro, self.samples = metrics, task_names, micro, \
+            samples
+        self.pending: List[_Pending] = []
+        self.reset_timer()
+
+    def reset_timer(self):
+        self.since = time.perf_counter()
+
+    def flush(self):
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        reduced = _reduce(torch.stack([p.row for p in pending]), self.micro, self.task_names,
+                          [p.step for p in pending])
+        now = time.perf_counter()
+        seconds = (now - self.since) / len(pending)
+        self.since = now
+        for p, (loss, losses) in zip(pending, reduced):
+            norm = None if p.grad_norm is None else float(p.grad_norm)
+            self.metrics.log_step(p.step, p.epoch, loss, losses, p.lr, norm, self.samples,
+                                  p.skipped_steps, seconds=seconds)
 
 
 def train(engine, sampler: ResumableBatchSampler, make_batch, forward, plan: Plan,
@@ -96,36 +169,35 @@ def train(engine, sampler: ResumableBatchSampler, make_batch, forward, plan: Pla
     device, dtype = engine.device, engine_dtype(engine)
     data = batches(sampler, make_batch, start_step, end, plan.num_workers)
     engine.train()
-    metrics.reset_timer()
+    log = _Logger(metrics, task_names, sampler.grad_accum, sampler.global_batch)
     for step in range(start_step, end):
         lr = engine.get_lr()[0]
-        rows = torch.zeros(sampler.grad_accum, 1 + 2 * len(task_names), dtype=torch.float64)
+        rows = []
         for m in range(sampler.grad_accum):
             mb, batch = next(data)
             assert mb.step == step and mb.micro == m, (mb, step, m)
-            loss, losses = forward(engine, to_device(batch, device, dtype))
-            engine.backward(loss)
-            rows[m, 0] = loss.detach().double().item()
-            for i, name in enumerate(task_names):
-                if name in losses:
-                    rows[m, 1 + 2 * i], rows[m, 2 + 2 * i] = losses[name].detach().item(), 1.0
+            rows.append(micro_step(engine, forward, to_device(batch, device, dtype), task_names))
             if engine.is_gradient_accumulation_boundary():
                 grad_norm = _grad_norm_before_step(engine)
             engine.step()
-        loss, losses = _reduce(rows, task_names, step)
-        grad_norm = grad_norm if grad_norm is not None else engine.get_global_grad_norm()
-        grad_norm = float(grad_norm) if grad_norm is not None else None
-        metrics.log_step(step + 1, mb.epoch, loss, losses, lr, grad_norm, sampler.global_batch,
-                         engine.skipped_steps)
+        if grad_norm is None:
+            grad_norm = engine.get_global_grad_norm()
         done = step + 1
-        if done % plan.save_steps == 0 or done == end:
+        log.pending.append(_Pending(done, mb.epoch, torch.stack(rows).sum(0), lr, grad_norm,
+                                    engine.skipped_steps))
+        save = done % plan.save_steps == 0 or done == end
+        run_eval = evaluate is not None and ((plan.eval_steps and done % plan.eval_steps == 0)
+                                             or done == plan.total_steps)
+        if save or run_eval or done % plan.log_every == 0:
+            log.flush()       # a NaN stops the run here, before a checkpoint can hold it
+        if save:
             state = dict(client_state(done), sampler=sampler.state_dict(done),
                          epoch=sampler.epoch_of(done))
             checkpointer.save(engine, done, state)
-        if evaluate is not None and ((plan.eval_steps and done % plan.eval_steps == 0)
-                                     or done == plan.total_steps):
+        if run_eval:
             engine.eval()
             metrics.log_eval(done, evaluate(engine))
             engine.train()
-            metrics.reset_timer()
+            log.reset_timer()
+    log.flush()
     return end

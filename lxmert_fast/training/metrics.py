@@ -65,10 +65,11 @@ class MetricsLogger:
             f.write(json.dumps(record) + "\n")
 
     def log_step(self, step: int, epoch: int, loss: float, losses: dict, lr: float,
-                 grad_norm, samples: int, skipped_steps: int) -> None:
-        """Log optimizer step `step` (1-based: the number of steps done)."""
+                 grad_norm, samples: int, skipped_steps: int, seconds: float = None) -> None:
+        """Log optimizer step `step` (1-based: the number of steps done); `seconds` it took
+        (default: the time since the previous call; the loop logs several steps at once)."""
         now = time.perf_counter()
-        rate = samples / max(now - self._last_time, 1e-9)
+        rate = samples / max(now - self._last_time if seconds is None else seconds, 1e-9)
         self._last_time = now
         if not self.enabled:
             return
