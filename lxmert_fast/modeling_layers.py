@@ -77,11 +77,24 @@ class LxmertAttention(nn.Module):
     def heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.num_attention_heads, self.attention_head_size)
 
+    def packed(self, x: torch.Tensor, names=("query", "key", "value")) -> torch.Tensor:
+        """The projections ``names`` of x as one GEMM: (B, L, len(names), H, D), whose slices
+        along dim 2 are the (B, L, H, D) views the attention ops read with their strides (one
+        GEMM and one gradient accumulation instead of three; the parameters stay per name)."""
+        linears = [getattr(self, name) for name in names]
+        weight = torch.cat([m.weight for m in linears])  # (len(names) * hidden, hidden)
+        bias = torch.cat([m.bias for m in linears])
+        out = F.linear(x, weight, bias)  # (B, L, len(names) * hidden)
+        return out.view(*out.shape[:-1], len(names), self.num_attention_heads,
+                        self.attention_head_size)
+
     def forward(self, hidden_states, context, key_padding_mask=None, output_attentions=False):
         """Returns the context (B, Lq, hidden) and the probabilities (B, H, Lq, Lk) or None."""
-        q = self.heads(self.query(hidden_states))  # (B, Lq, H, D)
-        k = self.heads(self.key(context))  # (B, Lk, H, D)
-        v = self.heads(self.value(context))
+        if context is hidden_states:  # self-attention: q, k, v from one GEMM
+            q, k, v = self.packed(hidden_states).unbind(2)  # (B, L, H, D) each
+        else:
+            q = self.heads(self.query(hidden_states))  # (B, Lq, H, D)
+            k, v = self.packed(context, ("key", "value")).unbind(2)  # (B, Lk, H, D)
         if output_attentions:
             out, probs = attention_ref(q, k, v, key_padding_mask, _p(self.dropout),
                                        return_probs=True, training=self.training)
@@ -142,8 +155,9 @@ class LxmertSelfAttentionLayer(nn.Module):
 class LxmertCrossAttentionLayer(nn.Module):
     """The cross-attention sublayer whose weights both directions share.
 
-    Both streams are projected in one GEMM per q/k/v (concatenated along the sequence), attend to
-    each other through ``ops.cross_attention_pair``, and share one output LayerNorm call."""
+    Both streams are projected in one GEMM for q, k and v together (concatenated along the
+    sequence), attend to each other through ``ops.cross_attention_pair``, and share one output
+    LayerNorm call."""
 
     def __init__(self, config: LxmertConfig):
         super().__init__()
@@ -153,9 +167,9 @@ class LxmertCrossAttentionLayer(nn.Module):
     def forward(self, lang, visn, lang_mask=None, visn_mask=None, output_attentions=False):
         att, n_lang = self.att, lang.shape[1]
         both = torch.cat([lang, visn], dim=1)  # (B, L + N, hidden)
-        q, k, v = (att.heads(proj(both)) for proj in (att.query, att.key, att.value))
-        q_l, k_l, v_l = q[:, :n_lang], k[:, :n_lang], v[:, :n_lang]  # (B, L, H, D)
-        q_v, k_v, v_v = q[:, n_lang:], k[:, n_lang:], v[:, n_lang:]  # (B, N, H, D)
+        qkv = att.packed(both)  # (B, L + N, 3, H, D)
+        q_l, k_l, v_l = qkv[:, :n_lang].unbind(2)  # (B, L, H, D)
+        q_v, k_v, v_v = qkv[:, n_lang:].unbind(2)  # (B, N, H, D)
         probs = None
         if output_attentions:
             out_l, probs = attention_ref(q_l, k_v, v_v, visn_mask, _p(att.dropout),
@@ -167,7 +181,8 @@ class LxmertCrossAttentionLayer(nn.Module):
                                                     impl=att.config.kernel_impl)
         ctx = torch.cat([out_l, out_v], dim=1).flatten(2)  # (B, L + N, hidden)
         out = self.output(ctx, both)
-        return out[:, :n_lang], out[:, n_lang:], probs
+        # contiguous once here: every consumer (q/k/v GEMM, residual LayerNorm) needs it so
+        return out[:, :n_lang].contiguous(), out[:, n_lang:].contiguous(), probs
 
 
 class LxmertLayer(nn.Module):
