@@ -61,7 +61,7 @@ def comparisons(rows: List[dict]) -> List[dict]:
     index = {(r.get("run", 0), r["group"], r["variant"]): r for r in rows}
     out = []
     for r in rows:
-        if r["info"].get("role") != "fast":
+        if r["info"].get("role") != "fast" or _count(r["info"]) is not None:
             continue
         for base_name in r["info"].get("baselines") or []:
             base = index.get((r.get("run", 0), r["group"], base_name))
@@ -92,8 +92,38 @@ def _fig(value: Optional[float]) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
+def _count(info: dict) -> Optional[float]:
+    """Launch-cost rows (benchmarks/test_launch_cost_bench.py): launches or kernels per step."""
+    value = info.get("launches", info.get("kernels"))
+    return None if value is None else float(value)
+
+
+def launch_table(rows: List[dict]) -> List[str]:
+    """Launch cost per step (fewer is better), each row against its baseline's count."""
+    counted = [r for r in rows if _count(r["info"]) is not None]
+    if not counted:
+        return []
+    index = {(r.get("run", 0), r["group"], r["variant"]): r for r in counted}
+    lines = ["", "Launch cost per step (eager: aten ops + Triton launches; compiled: kernels per "
+             "call; fewer is better):", "", "| benchmark | variant | aten ops | Triton launches "
+             "| launches or kernels | vs baseline | device |", "| --- | --- | --- | --- | --- | "
+             "--- | --- |"]
+    for r in counted:
+        info, vs = r["info"], []
+        for name in info.get("baselines") or []:
+            base = index.get((r.get("run", 0), r["group"], name))
+            if base is not None:
+                vs.append(f"{_count(info) / _count(base['info']):.2f} of {name}")
+        aten = info.get("aten_ops", "-")
+        lines.append(f"| {r['group']} | {r['variant']} | {aten} | "
+                     f"{info.get('triton_launches', '-')} | {int(_count(info))} | "
+                     f"{'; '.join(vs) or '-'} | {r['device']} |")
+    return lines
+
+
 def markdown(rows: List[dict]) -> str:
-    """The comparison table, then every measurement, each naming its device."""
+    """The comparison table, the launch-cost table, then every measurement, each naming its
+    device."""
     lines = ["| benchmark | fast | baseline | fast time | baseline time | ratio | figure "
              "(fast / baseline) | device |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in comparisons(rows):
@@ -108,6 +138,7 @@ def markdown(rows: List[dict]) -> str:
         lines.append(f"| {c['group']} | {c['fast']['variant']} | {c['baseline_name']} | "
                      f"{_time(c['fast']['median'])} | {_time(base['median'] if base else None)} | "
                      f"{ratio} | {figure} | {c['fast']['device']} |")
+    lines += launch_table(rows)
     lines += ["", "All measurements (median):", "",
               "| benchmark | variant | time | figure | device |", "| --- | --- | --- | --- | --- |"]
     for r in rows:

@@ -83,3 +83,19 @@ def test_ratio_pairs_each_fast_row_with_the_baseline_of_its_own_run(tmp_path):
         paths.append(str(_write(tmp_path / f"run{k}.json", data)))
     ratios = [round(c["ratio"], 6) for c in report.comparisons(report.load_rows(paths))]
     assert ratios == [10.0, 15.0]
+
+
+def test_launch_cost_rows_get_their_own_table(tmp_path):
+    group = "launch cost per pretraining step (fwd+bwd, 9/5/5) eager"
+    data = {"benchmarks": [
+        _bench(group, "hf_eager", 1.0, aten_ops=2298, triton_launches=0, launches=2298),
+        _bench(group, "ours_triton", 2.0, ("hf_eager",), aten_ops=1120, triton_launches=218,
+               launches=1338),
+    ]}
+    path = tmp_path / "launch.json"
+    path.write_text(json.dumps(data))
+    rows = report.load_rows([str(path)])
+    assert report.comparisons(rows) == []            # a count is not a speed ratio
+    text = report.markdown(rows)
+    assert f"| {group} | ours_triton | 1120 | 218 | 1338 | 0.58 of hf_eager | {GPU} |" in text
+    assert f"| {group} | hf_eager | 2298 | 0 | 2298 | - | {GPU} |" in text
