@@ -77,6 +77,8 @@ phase parity 90 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider
 BENCH=(python3 -m pytest -q -rs -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,rounds)
 phase bench_train 150 "${BENCH[@]}" benchmarks/test_model_bench.py -k pretrain \
   --benchmark-json "$OUT_DIR/bench_train.json"
+phase bench_launch 120 "${BENCH[@]}" benchmarks/test_launch_cost_bench.py \
+  --benchmark-json "$OUT_DIR/bench_launch.json"
 phase bench_kernels 60 "${BENCH[@]}" benchmarks/test_kernels_bench.py \
   --benchmark-json "$OUT_DIR/bench_kernels.json"
 phase bench_infer 60 "${BENCH[@]}" benchmarks/test_model_bench.py -k inference \

@@ -25,6 +25,7 @@ import torch
 import transformers
 
 import lxmert_fast
+from lxmert_fast.heads import mlm_gather_index
 from benchmarks.common import (cuda_peak_memory_gb, interleaved_ratio, record, reset_peak_memory,
                                timed)
 from benchmarks.model_factory import (config_kwargs, forward_flops, make_batch, model_inputs,
@@ -33,8 +34,9 @@ from benchmarks.model_factory import (config_kwargs, forward_flops, make_batch, 
 BASELINES = ("hf_eager", "hf_compile")
 # The compiled variants last: they take the longest (compilation), so a phase timeout on the GPU
 # machine loses them first; benchmarks.report computes every ratio from the JSON rows anyway.
-# ours_sparse_mlm: the MLM head on the masked tokens only (mlm_positions="labeled"), as train.py
-# runs it; same losses and gradients (tests/model/test_model_mlm_positions.py).
+# ours_sparse_mlm: the MLM head on the masked tokens only through the fixed-capacity gather
+# (heads.mlm_gather_index), as train.py runs it; same losses and gradients
+# (tests/model/test_model_mlm_gather.py).
 TRAIN_VARIANTS = ("hf_eager", "ours", "ours_sparse_mlm", "ours_cudagraph", "hf_compile",
                   "ours_compile")
 INFER_VARIANTS = ("hf_eager", "ours", "hf_compile", "ours_compile")
@@ -195,7 +197,10 @@ def test_pretrain_step(benchmark, quick, variant):
             pytest.skip(f"ours_cudagraph cannot be captured: {type(err).__name__}: {err}"[:400])
     else:
         runnable = torch.compile(model) if variant.endswith("compile") else model
-        extra = {"mlm_positions": "labeled"} if variant == "ours_sparse_mlm" else {}
+        extra = {}
+        if variant == "ours_sparse_mlm":
+            positions = mlm_gather_index(batch["labels"].cpu()).to(setting.device)
+            extra = {"mlm_positions": positions}
         step = train_step(runnable, batch, _optimizer(model, setting), setting, **extra)
     reset_peak_memory()
     _prepare(step, variant)
