@@ -1,9 +1,15 @@
 """torch.compile(fullgraph=True) of the training step as train.py builds it (--compile default),
-on CPU with the fused Triton kernels as custom ops (TRITON_INTERPRET=1): the same losses and
-every gradient as the eager step within float32 tolerance, over two micro-batches whose MLM
-gathers have different capacities, with one compiled graph (no graph break, no recompile).
-Dropout off: inductor's RNG differs from eager's. One compile of the tiny model: about a minute
-on an idle 2-core CPU. The reference-op path compiled is tests/training/test_train_compile.py."""
+on CPU with the fused Triton kernels as custom ops (TRITON_INTERPRET=1; the GPU path) and with
+the reference ops (the CPU path): the same losses and every gradient as the eager step within
+float32 tolerance, over two micro-batches whose MLM gathers have different capacities, with one
+compiled graph (no graph break, no recompile). Dropout off: inductor's RNG differs from eager's.
+
+Cost: one compile of the tiny model (a few minutes on 2 cores). The Triton case runs in CI; its
+graph (micro-batch 4) is the one tests/training/test_train_compile.py's 2-rank run compiles, so
+that run finds it in inductor's cache. The reference-op case compiles another graph: it runs
+with LXMERT_TEST_COMPILE_ALL=1 (it passed when this test was written)."""
+import os
+
 import pytest
 import torch
 
@@ -24,8 +30,8 @@ def cache(tmp_path_factory):
 def _batches_with_two_capacities(batches):
     """Two micro-batches (indices from the start of the data) whose gathers differ in size."""
     found = {}
-    for start in range(0, 200, 8):
-        batch = batches(MicroBatch(step=0, micro=0, epoch=0, indices=list(range(start, start + 8))))
+    for start in range(0, 200, 4):
+        batch = batches(MicroBatch(step=0, micro=0, epoch=0, indices=list(range(start, start + 4))))
         found.setdefault(batch["model"]["mlm_positions"].shape[0], batch)
         if len(found) == 2:
             return list(found.values())
@@ -36,11 +42,15 @@ def _grads(engine):
     return {n: p.grad.clone() for n, p in engine.module.named_parameters() if p.grad is not None}
 
 
-def test_compiled_step_matches_eager_losses_and_every_gradient(process_group, cache):
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_compiled_step_matches_eager_losses_and_every_gradient(process_group, cache, impl):
     import torch._dynamo.utils as dynamo_utils
 
+    if impl == "torch" and os.environ.get("LXMERT_TEST_COMPILE_ALL") != "1":
+        pytest.skip("a second compile (~3 min on 2 cores) beyond the CI budget: "
+                    "LXMERT_TEST_COMPILE_ALL=1 runs it")
     torch._dynamo.reset()
-    common = ["--kernel_impl", "triton", "--qa_from_epoch", "0"]
+    common = ["--kernel_impl", impl, "--batch_size", "4"]
     eager, batches, _ = build_pretrain_step(cache, [*common, "--compile", "off"])
     compiled, _, _ = build_pretrain_step(cache, [*common, "--compile", "default"])
     assert compiled_mode(compiled.module) == "default" and compiled_mode(eager.module) is None
