@@ -52,11 +52,14 @@ def compile_training_forward(model: torch.nn.Module, mode: str) -> torch.nn.Modu
     dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
     eager = model.forward
     compiled = torch.compile(eager, mode=mode, fullgraph=True, dynamic=False)
+    graphs = mode == "reduce-overhead"
 
     def forward(*args, **kwargs):
         if model.training and torch.is_grad_enabled():
             if isinstance(kwargs.get("mlm_positions"), torch.Tensor):
                 torch._dynamo.maybe_mark_dynamic(kwargs["mlm_positions"], 0)
+            if graphs:  # each micro-batch is a new CUDA-graph iteration (the loop copies the
+                torch.compiler.cudagraph_mark_step_begin()   # losses it keeps before the next)
             return compiled(*args, **kwargs)
         return eager(*args, **kwargs)
 

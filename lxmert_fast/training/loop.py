@@ -96,7 +96,7 @@ def loss_row(loss, losses: dict, present: dict, task_names: Sequence[str]) -> to
 
 def micro_step(engine, forward, batch, task_names: Sequence[str]) -> torch.Tensor:
     """Forward and backward of one micro-batch (already on the device) -> its loss row, on the
-    device: what train.py runs, and what tests/training/test_step_graph.py checks for syncs."""
+    device: what train.py runs, and what tests/training/test_step_sync.py checks for syncs."""
     loss, losses, present = forward(engine, batch)
     engine.backward(loss)
     return loss_row(loss, losses, present, task_names)
