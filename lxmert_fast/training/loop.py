@@ -182,6 +182,8 @@ def train(engine, sampler: ResumableBatchSampler, make_batch, forward, plan: Pla
             engine.step()
         if grad_norm is None:
             grad_norm = engine.get_global_grad_norm()
+        if isinstance(grad_norm, torch.Tensor):   # a copy: the engine may reuse its tensor
+            grad_norm = grad_norm.detach().clone()
         done = step + 1
         log.pending.append(_Pending(done, mb.epoch, torch.stack(rows).sum(0), lr, grad_norm,
                                     engine.skipped_steps))
