@@ -294,3 +294,133 @@ def test_bias_gelu(benchmark, quick, pass_, variant):
     _run(benchmark, step, c.device)
     record(benchmark, shapes=c.shapes, bytes_moved=c.bytes[pass_], max_abs_err_vs_fp32=err,
            baselines=("eager",) if variant == "triton" else ())
+
+
+# ---------------------------------------------------------------- host cost per fused-op call
+# Issue 13's lean-launcher target: <= 20 us of host Python per fused-op call (forward+backward),
+# measured with only the final Triton launch stubbed (``kernel[grid](...)`` records and returns).
+# Tiny tensors, so the time is the host's: validation, allocation, autograd, argument packing.
+# Beside it, in the same run: a bare autograd.Function (one empty_like forward and backward) and
+# the launches per call. On CPU the dropout seed is a tensor drawn per call (``seed_args``); on
+# a CUDA device in eager it is read from torch's Philox state on the host (no op, no launch).
+HOST_TARGET_US = 20.0
+KERNEL_NAMES = {"attention": ("_attn_fwd_kernel", "_attn_bwd_kernel", "_attn_pair_fwd_kernel",
+                              "_attn_pair_bwd_kernel"),
+                "layernorm": ("_ln_fwd_kernel", "_ln_bwd_kernel"),
+                "gelu": ("_gelu_fwd_kernel", "_gelu_bwd_kernel")}
+
+
+class _StubLaunch:
+    """Stands in for a jit kernel: ``kernel[grid](*args, **kw)`` only counts the launch."""
+
+    def __init__(self, name, launches):
+        self.name, self.launches = name, launches
+
+    def __getitem__(self, grid):
+        return self._launch
+
+    def _launch(self, *args, **kw):
+        self.launches.append(self.name)
+
+
+def _stub_launches(monkeypatch):
+    import importlib
+
+    launches = []
+    for mod, names in KERNEL_NAMES.items():
+        m = importlib.import_module(f"lxmert_fast.kernels.{mod}")
+        for n in names:
+            monkeypatch.setattr(m, n, _StubLaunch(n, launches), raising=False)
+    return launches
+
+
+class _Bare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return torch.empty_like(dy)
+
+
+def host_case(op):
+    """Factory: a zero-argument fwd+bwd call of ``op`` on tiny tensors, and its inputs."""
+    if not (CUDA or K.HAS_TRITON):
+        pytest.skip("triton is not installed")
+    device = "cuda" if CUDA else "cpu"
+    gen = torch.Generator().manual_seed(0)
+
+    def t(*shape, grad=True):
+        return _randn(shape, gen, device, torch.float32, grad)
+
+    p = TRAIN_DROPOUT
+    if op in ("attention", "attention p=0"):
+        q, k, v, d = t(2, 20, 2, 16), t(2, 36, 2, 16), t(2, 36, 2, 16), t(2, 20, 2, 16, grad=False)
+        mask = _key_mask(2, 36, gen, device)
+        p = p if op == "attention" else 0.0
+        return (lambda: K.attention(q, k, v, mask, dropout_p=p, impl="triton")), (q, k, v), (d,)
+    if op == "cross_attention_pair":
+        ts = [t(2, n, 2, 16) for n in (20, 20, 20, 36, 36, 36)]
+        ml, mv = _key_mask(2, 20, gen, device), _key_mask(2, 36, gen, device)
+        ds = (t(2, 20, 2, 16, grad=False), t(2, 36, 2, 16, grad=False))
+        return (lambda: K.cross_attention_pair(*ts, ml, mv, dropout_p=p, impl="triton")), ts, ds
+    if op in ("dropout_add_layer_norm", "dropout_add_layer_norm p=0"):
+        x, r, w, b, xb = t(40, 64), t(40, 64), t(64), t(64), t(64)
+        p = p if op == "dropout_add_layer_norm" else 0.0
+        return (lambda: K.dropout_add_layer_norm(x, r, w, b, 1e-12, p, xb, impl="triton")), \
+            (x, r, w, b, xb), (t(40, 64, grad=False),)
+    if op == "bias_gelu":
+        x, b = t(40, 64), t(64)
+        return (lambda: K.bias_gelu(x, b, impl="triton")), (x, b), (t(40, 64, grad=False),)
+    x = t(40, 64)
+    return (lambda: _Bare.apply(x)), (x,), (t(40, 64, grad=False),)
+
+
+HOST_OPS = ("bare autograd.Function", "attention", "attention p=0", "cross_attention_pair",
+            "dropout_add_layer_norm", "dropout_add_layer_norm p=0", "bias_gelu")
+# aten ops a lean call may dispatch (fwd+bwd): allocations, views, the LayerNorm/GeLU partial-sum
+# reduction and, on CPU with dropout, the seed draw. No zero-fill, copy or cast of a full tensor.
+LEAN_OPS = {"empty", "empty_strided", "empty_like", "new_empty", "view", "_unsafe_view",
+            "reshape", "select", "sum", "randint", "random_", "alias", "detach", "t",
+            "expand", "as_strided", "slice", "ones_like"}
+
+
+def _aten_ops(fn):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("op", HOST_OPS)
+def test_host_cost_per_call(benchmark, quick, monkeypatch, op):
+    launches = _stub_launches(monkeypatch)
+    call, inputs, douts = host_case(op)
+
+    def step():
+        torch.autograd.grad(call(), inputs, douts)
+
+    step()
+    per_call = len(launches)
+    expected = 0 if op.startswith("bare") else 2  # one forward launch, one backward launch
+    assert per_call == expected, f"{op}: {launches} launches per fwd+bwd, expected {expected}"
+    ops = [o for o in _aten_ops(step) if o not in LEAN_OPS]
+    assert not ops, f"{op}: fwd+bwd dispatches {ops} beyond allocations and the one reduction"
+    benchmark.group = "host cost per fused-op call (fwd+bwd, launch stubbed)"
+    if quick:
+        benchmark.pedantic(step, rounds=1, iterations=1)
+    else:
+        benchmark.pedantic(step, rounds=20, iterations=100, warmup_rounds=2)
+    us = None if benchmark.disabled else benchmark.stats.stats.median * 1e6
+    record(benchmark, shapes={"op": op, "device": "cuda" if CUDA else "cpu"},
+           host_us_per_call=us, target_us=HOST_TARGET_US, launches_per_call=per_call,
+           baselines=() if op.startswith("bare") else ("bare autograd.Function",))

@@ -12,17 +12,23 @@ recomputation, Dao et al. 2022, with a single tile in the common case). ``cross_
 runs both directions of LXMERT's cross-attention in one launch (grid (B*H, 2)) forward and one
 backward. Dropout on the probabilities uses a counter-based RNG (``_dropout.py``).
 
-Limits: any Lq, Lk >= 1. Rows of up to ``BK`` keys (128 at head dim 64, 64 at head dim 128) are
-held whole; longer rows are processed in key blocks with an online softmax (forward) and a second
-loop nest for dq (backward), so 512 and beyond run in the kernel. Head dims up to 256 (any, padded
-to a power of two); larger head dims fall back to the reference, as do dtypes other than
-float32/float16/bfloat16 under impl="auto" (impl="triton" raises for them). Element counters
-are int32: B*H*Lq*Lk must stay below 2**31 (checked).
+Limits: any Lq, Lk >= 1. Rows of up to ``BK`` keys (forward: 128 at head dim 64; backward: 64)
+are held whole; longer rows are processed in key blocks with an online softmax (forward) and a
+second loop nest for dq (backward), so 512 and beyond run in the kernel. Head dims (any, padded
+to a power of two) up to ``MAX_HEAD_DIM`` per dtype on a GPU: 256 for float16/bfloat16, 32 for
+float32 (see ``MAX_HEAD_DIM``: exact fp32 products have no tensor-core path on sm_90 and spill
+from head dim 64). Beyond them, and for other dtypes, impl="auto" runs the reference and
+impl="triton" raises naming the dtype and head dim. Batch offsets are int64; one example's
+q/k/v must span fewer than 2**31 elements (checked, the error names the shapes). Dropout
+counters are per (batch, head) program, so no product of sizes wraps.
 
-Launch configuration (ptxas for sm_90, tests/kernels/kernel_sm90_compile.py; not yet timed on a
-GPU): LXMERT's shapes use BQ=32/BK=64 (20 queries on 36 objects) or BQ=64/BK=32, BD=64, one
-stage; the forward runs 4 warps (~220 registers, no spills), the backward 8 warps (~254
-registers, no spills; with 4 it spills). ``_num_warps`` and ``BLOCK_ELEMS`` are the knobs.
+Launch configuration (``_CONFIG``/``_plan``; ptxas for sm_90 through
+tests/kernels/kernel_sm90_compile.py, figures in benchmarks/results/sm90-compile-triton-3.9/;
+not yet timed on a GPU): 16-bit forward query blocks of up to 64 rows, backward of 16 rows, 4
+warps. At LXMERT's shapes (head dim 64, 20 tokens, 36 objects) the forward uses 100-174 registers
+(2-4 programs per SM, so one program's loads overlap another's math) and the backward 124-181
+(2-4 programs per SM), no spills. A single direction launches its own kernel (no arguments
+passed twice); the pair launches grid (B*H, 2).
 """
 import functools
 import math
@@ -35,8 +41,14 @@ from torch import Tensor
 from ._dropout import check_dropout_p, draw_seed, keep4, seed_args, threshold
 from ._impl import check_tensors, next_pow2, tl, triton, use_kernel
 
-# Largest head dim the kernels take, per dtype (larger ones run the reference under "auto").
-MAX_HEAD_DIM = {torch.float16: 256, torch.bfloat16: 256, torch.float32: 256}
+# Largest head dim the kernels take on a GPU, per dtype; larger ones run the reference under
+# "auto" and raise under "triton". float32 stops at 32: its exact ("ieee") products have no tensor
+# core path on sm_90, and the CUDA-core dot of a 64-wide head spills registers in the backward
+# (ptxas: 400-1300 B per thread), so float32 attention at LXMERT's head dim 64 is torch's cuBLAS
+# matmuls. The interpreter (CPU tests) takes every head dim up to 256 in float32: it checks the
+# kernels' logic, which is the same code for every dtype.
+MAX_HEAD_DIM = {torch.float16: 256, torch.bfloat16: 256, torch.float32: 32}
+INTERPRETER_MAX_HEAD_DIM = 256
 
 
 def attention_ref(q, k, v, key_padding_mask=None, dropout_p=0.0, scale=None, return_probs=False,
@@ -67,12 +79,13 @@ def _check_qkv(q, k, v, key_padding_mask, name="attention"):
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"{name}: q, k, v must be (B, L, H, D); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+    (B, _, H, D), (Bk, Lk, Hk, Dk) = q.shape, k.shape
+    if tuple(k.shape) != tuple(v.shape) or B != Bk or H != Hk or D != Dk:
         raise ValueError(f"{name}: shapes do not match: q {tuple(q.shape)} (B, Lq, H, D), "
                          f"k {tuple(k.shape)} and v {tuple(v.shape)} (B, Lk, H, D)")
-    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (k.shape[0], k.shape[1]):
+    if key_padding_mask is not None and tuple(key_padding_mask.shape) != (Bk, Lk):
         raise ValueError(f"{name}: key_padding_mask shape {tuple(key_padding_mask.shape)} != "
-                         f"(B, Lk) = {(k.shape[0], k.shape[1])}")
+                         f"(B, Lk) = {(Bk, Lk)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,23 +325,26 @@ def _attn_pair_bwd_kernel(seed_ptr, seed, call, thr, H, D, qk_scale, scale, inv_
 # ---------------------------------------------------------------------------------------------
 _LOG2E = 1.4426950408889634
 _I32 = 2 ** 31
-# Per (float32?, backward): the largest query block and the keys x head-dim elements of a key
-# block held per program. Sized with tests/kernels/kernel_sm90_compile.py (no spills, >= 2
-# programs per SM at LXMERT's shapes); see the module docstring.
-_MAX_BQ = {(False, False): 64, (False, True): 32, (True, False): 32, (True, True): 16}
-_BLOCK_ELEMS = {(False, False): 8192, (False, True): 4096, (True, False): 4096,
-                (True, True): 2048}
+# Per (float32?, backward): the largest query block, the keys x head-dim elements of a key block
+# held per program, and the most such elements for 4 warps (else 8). Sized with
+# tests/kernels/kernel_sm90_compile.py: no spills, >= 2 programs per SM at LXMERT's shapes.
+_CONFIG = {(False, False): (64, 8192, 4096), (False, True): (16, 4096, 4096),
+           (True, False): (16, 4096, 2048), (True, True): (16, 2048, 512)}
 _NO_SEED = (None, 0, 0)
 
 
 @functools.lru_cache(maxsize=4096)
 def _plan(Lq, Lk, D, fp32, backward):
     """(BQ, BK, BD, one key block?, num_warps, num_stages) of one direction."""
+    max_bq, elems, four_warps = _CONFIG[fp32, backward]
     bd = next_pow2(D, 16)
-    bk = min(next_pow2(Lk, 16), max(16, _BLOCK_ELEMS[fp32, backward] // bd))
-    bq = min(next_pow2(Lq, 16), _MAX_BQ[fp32, backward])
+    bk = min(next_pow2(Lk, 16), max(16, elems // bd))
+    bq = min(next_pow2(Lq, 16), max_bq)
     one = bk >= Lk
-    return bq, bk, bd, one, (8 if max(bq * bk, bk * bd) > 4096 else 4), (1 if one else 2)
+    if fp32 and backward and not one:  # two loop nests: halve the key block (no spills)
+        bk = max(16, bk // 2)
+    warps = 4 if max(bq * bk, bk * bd) <= four_warps else 8
+    return bq, bk, bd, one, warps, (1 if one else 2)
 
 
 def _dir_args(q, k, v, mask, o, lse):
@@ -557,10 +573,11 @@ attn_pair_fwd.register_autograd(_pair_backward, setup_context=_pair_setup)
 def _unfit(q, name):
     """Why the kernel cannot take this problem (the reason the reference runs), or None."""
     D = q.shape[-1]
-    if D > MAX_HEAD_DIM.get(q.dtype, 0):
-        return (f"does not support head dim {D} in {q.dtype} (at most "
-                f"{MAX_HEAD_DIM.get(q.dtype)}; larger ones spill registers or exceed the sm_90 "
-                f"shared memory: use impl='auto' or 'torch')")
+    limit = MAX_HEAD_DIM.get(q.dtype, 0) if q.is_cuda else INTERPRETER_MAX_HEAD_DIM
+    if D > limit:
+        return (f"does not support head dim {D} in {q.dtype} on {q.device.type} (at most "
+                f"{limit}; beyond it the sm_90 kernel would spill registers or exceed shared "
+                f"memory): use impl='auto' (the reference) or 'torch'")
     return None
 
 
@@ -575,7 +592,12 @@ def _prepare(q, k, v, mask, name):
     Lq, Lk = q.shape[1], k.shape[1]
     if Lq < 1 or Lk < 1:
         raise ValueError(f"{name}: sequence lengths must be >= 1; got Lq={Lq}, Lk={Lk}")
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
     if max(Lq * q.stride(1), Lk * k.stride(1), Lk * v.stride(1), Lq * q.shape[2] * q.shape[3],
            Lk * k.shape[2] * k.shape[3], Lq * ((Lk + 3) // 4)) >= _I32:
         raise ValueError(f"{name}: one example's q {tuple(q.shape)} / k {tuple(k.shape)} spans "

@@ -89,7 +89,7 @@ def bias_gelu_backward(x, bias, dy):
     bm, bn = _tiles(M, N)
     sms = _impl.num_sms(x.device)
     if sms:
-        G = max(1, min(triton.cdiv(4 * sms, triton.cdiv(N, bn)), triton.cdiv(M, bm)))
+        G = max(1, min(triton.cdiv(3 * sms, triton.cdiv(N, bn)), triton.cdiv(M, bm)))  # one wave
     else:  # the interpreter: few, long programs
         G = max(1, min(2, triton.cdiv(M, bm)))
     part = torch.empty((G, N), dtype=torch.float32, device=x.device)  # every program writes

@@ -1,17 +1,21 @@
 """Post-LN sublayer output for BERT-style layers: LayerNorm(dropout(x + x_bias) + residual).
 
 This file holds the pure-PyTorch reference (``dropout_add_layer_norm_ref``), the Triton forward and
-backward kernels, their launchers, the autograd Function and the public ``dropout_add_layer_norm``.
+backward kernels, their launchers, the autograd Function, the custom op (torch.compile) and the
+public ``dropout_add_layer_norm``.
 
 Design (DESIGN.md section 3): the forward normalises BM rows per program (whole rows of up to
-``MAX_N`` = 8192 features in registers) and saves only mean and rstd; the dropout mask is a pure
+``MAX_N`` = 4096 features in registers) and saves only mean and rstd; the dropout mask is a pure
 function of (seed, element index) and is regenerated in the backward, which recomputes the LN input
 from x, x_bias and residual instead of storing it. Published Triton LayerNorm backwards lose to
 torch at hidden ~768 on the dW/dB reduction; here each backward program walks many rows, keeps its
 dW, dB and d(x_bias) partial sums in registers, and one small (3, G, N) -> (3, N) torch sum finishes
-them (the Apex / Liger scheme). ``residual`` may be None (plain LN of dropout(x + x_bias)).
-Accumulation is in float32 for float32/float16/bfloat16 inputs; wider rows fall back to the
-reference, as do other dtypes under impl="auto" (impl="triton" raises for them).
+them (the Apex / Liger scheme): G is one wave of resident programs (2 per SM up to 2048-wide rows,
+sm_90 compile figures), the partial buffer is not zero-filled (every program writes its row) and
+the three gradients are rows of the one sum (no copies). ``residual`` may be None (plain LN of
+dropout(x + x_bias)). Accumulation is in float32 for float32/float16/bfloat16 inputs; wider rows
+(8192 spills registers in the backward) fall back to the reference, as do other dtypes under
+impl="auto" (impl="triton" raises for them). Row bases are int64; fewer than 2**31 rows.
 """
 from typing import Optional, Tuple
 
@@ -23,7 +27,7 @@ from . import _impl
 from ._dropout import check_dropout_p, draw_seed, keep4, seed_args, threshold
 from ._impl import KERNEL_DTYPES, check_tensors, next_pow2, tl, triton, use_kernel
 
-MAX_N = 8192
+MAX_N = 4096
 
 
 def dropout_add_layer_norm_ref(x, residual, weight, bias, eps=1e-12, dropout_p=0.0, x_bias=None,
@@ -138,21 +142,24 @@ def _rows(t, N):
 
 def _tiles(M, N, backward):
     """(BM, BN, num_warps): ~4096 elements per forward tile, ~2048 per backward tile (the backward
-    holds twice the live tensors), <= 8 per thread in the backward (sm_90 compile figures)."""
+    holds twice the live tensors) and <= 8 per thread there (sm_90 compile figures)."""
     bn = next_pow2(N)
     bm = max(1, min(16, (2048 if backward else 4096) // bn, next_pow2(M)))
-    return bm, bn, (4 if bm * bn <= (1024 if backward else 2048) else 8)
+    if backward:
+        return bm, bn, max(4, min(16, bm * bn // 256))
+    return bm, bn, (4 if bm * bn <= 2048 else 8)
 
 
-# Resident backward programs per SM the grid is sized for: one wave of long programs. Checked
-# against the compile figures by tests/kernels/test_kernel_sm90_compile.py.
-BWD_PROGRAMS_PER_SM = 2
+def bwd_programs_per_sm(warps):
+    """Resident backward programs per SM the grid is sized for (one wave of long programs):
+    checked against the compile figures by tests/kernels/test_kernel_sm90_compile.py."""
+    return 2 if warps <= 8 else 1
 
 
-def _num_bwd_programs(device, M, bm):
+def _num_bwd_programs(device, M, bm, warps):
     sms = _impl.num_sms(device)
     if sms:
-        return max(1, min(BWD_PROGRAMS_PER_SM * sms, triton.cdiv(M, bm)))
+        return max(1, min(bwd_programs_per_sm(warps) * sms, triton.cdiv(M, bm)))
     return max(1, min(4, triton.cdiv(M, bm)))  # the interpreter: few, long programs
 
 
@@ -187,7 +194,7 @@ def layer_norm_backward(x, residual, weight, x_bias, seed, mean, rstd, dy, p):
     dz = torch.empty((M, N), dtype=x.dtype if residual is None else residual.dtype, device=x.device)
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device) if p > 0 else None
     bm, bn, warps = _tiles(M, N, True)
-    G = _num_bwd_programs(x.device, M, bm)
+    G = _num_bwd_programs(x.device, M, bm, warps)
     part = torch.empty((3, G, N), dtype=torch.float32, device=x.device)  # every program writes
     if M > 0:
         r = x if residual is None else residual

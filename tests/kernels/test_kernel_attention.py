@@ -6,6 +6,7 @@ import torch
 
 from kernel_parity_testutil import DEVICE, assert_parity, padding_mask
 from lxmert_fast.kernels import attention, attention_ref, cross_attention_pair
+from lxmert_fast.kernels.attention import INTERPRETER_MAX_HEAD_DIM, MAX_HEAD_DIM
 
 DTYPES = [torch.float32, pytest.param(torch.float16, marks=pytest.mark.gpu),
           pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
@@ -22,6 +23,7 @@ CASES = {
     "head-dim-128-two-key-blocks": (1, 5, 70, 2, 128, [70]),
     "two-query-blocks": (1, 70, 7, 2, 32, [5]),
     "head-dim-24": (1, 5, 6, 2, 24, "rand"),  # not a power of two: padded to 32 in registers
+    "head-dim-256": (1, 3, 5, 1, 256, "rand"),  # INTERPRETER_MAX_HEAD_DIM, bf16/fp16's maximum
 }
 
 
@@ -37,9 +39,15 @@ def _kernel(q, k, v, mask):
     return attention(q, k, v, mask, impl="triton")
 
 
+def _skip_if_routed(D, dtype):
+    if DEVICE == "cuda" and D > MAX_HEAD_DIM[dtype]:
+        pytest.skip(f"head dim {D} in {dtype} runs the reference on a GPU (MAX_HEAD_DIM)")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_attention_matches_reference(case, dtype):
+    _skip_if_routed(CASES[case][4], dtype)
     q, k, v, mask, dout = _inputs(*CASES[case])
     out, (dq, dk, dv) = assert_parity(_kernel, attention_ref, [q, k, v, mask], [dout], dtype,
                                       ["out", "dq", "dk", "dv"])
@@ -63,6 +71,7 @@ def test_attention_512_keys_or_queries(lq, lk):
 @pytest.mark.parametrize("lq,lk", [(20, 36), (36, 20), (36, 36), (512, 512), (1, 1)])
 @pytest.mark.parametrize("d", [32, 64, 128])
 def test_attention_matches_reference_gpu_sizes(lq, lk, d, dtype):
+    _skip_if_routed(d, dtype)
     B = 64 if lq * lk < 4096 else 2
     q, k, v, mask, dout = _inputs(B, lq, lk, 12, d, "rand")
     assert_parity(_kernel, attention_ref, [q, k, v, mask], [dout], dtype,
@@ -143,3 +152,22 @@ def test_attention_errors_name_the_value(bad, err, match):
     with pytest.raises(err, match=match):
         attention(args["q"], args["k"], args["v"], args["mask"], args["dropout_p"],
                   impl=args["impl"])
+
+
+def test_head_dim_limits_cover_every_kernel_dtype():
+    """Every kernel dtype has a GPU head-dim limit; each power of two up to it is compiled for
+    sm_90 by test_kernel_sm90_compile.py, and the CPU parity cases reach the interpreter's."""
+    assert set(MAX_HEAD_DIM) == {torch.float32, torch.float16, torch.bfloat16}
+    assert max(MAX_HEAD_DIM.values()) <= INTERPRETER_MAX_HEAD_DIM
+    assert max(c[4] for c in CASES.values()) == INTERPRETER_MAX_HEAD_DIM
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_triton_refuses_head_dim_beyond_limit_and_auto_falls_back(pair):
+    D = (MAX_HEAD_DIM[torch.float32] if DEVICE == "cuda" else INTERPRETER_MAX_HEAD_DIM) + 16
+    q = torch.randn(1, 3, 1, D, device=DEVICE)
+    call = (lambda impl: cross_attention_pair(q, q, q, q, q, q, impl=impl)[0]) if pair else \
+        (lambda impl: attention(q, q, q, impl=impl))
+    with pytest.raises(ValueError, match=f"head dim {D} in torch.float32"):
+        call("triton")
+    torch.testing.assert_close(call("auto"), attention_ref(q, q, q))

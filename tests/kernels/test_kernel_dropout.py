@@ -1,6 +1,7 @@
 """Dropout inside the kernels (kernels/_dropout.py): keep rate and scaling within statistical
 bounds, the backward regenerating the forward's mask, reproducibility from torch's RNG state
 (manual_seed, get/set_rng_state, activation checkpointing)."""
+import importlib
 import math
 
 import pytest
@@ -13,6 +14,22 @@ from lxmert_fast.kernels import attention, cross_attention_pair, dropout_add_lay
 
 P = 0.3
 SIGMAS = 5
+
+
+@pytest.fixture(params=["default", "host seed"])
+def seed_mode(request, monkeypatch):
+    """Both ways a launch gets its Philox key: the default of the device (a seed tensor on CPU;
+    torch's CUDA Philox state read on the host on a GPU) and host (seed, call) ints, emulated
+    from torch's generator on the device so that manual_seed reproduces them."""
+    if request.param == "host seed":
+        def host(device):
+            seed, call = torch.randint(0, 2 ** 62, (2,), device=device).tolist()
+            return None, seed, call * 4
+
+        for mod in ("attention", "layernorm"):
+            monkeypatch.setattr(importlib.import_module(f"lxmert_fast.kernels.{mod}"),
+                                "seed_args", host)
+    return request.param
 
 
 def _assert_rate(keep, p=P):
@@ -41,7 +58,7 @@ def _attention_with_keep(q, k, v, mask, keep):
     return torch.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def test_attention_dropout_rate_scaling_and_backward_mask():
+def test_attention_dropout_rate_scaling_and_backward_mask(seed_mode):
     B, Lq, Lk, H, D = 2, 32, 32, 2, 32  # few programs: the interpreter pays per program
     keep = _attention_keep(B, Lq, Lk, H, seed=11)
     _assert_rate(keep)
@@ -86,7 +103,7 @@ def test_cross_pair_dropout_masks_and_backward():
                   ["out_l", "out_v", "dq_l", "dk_l", "dv_l", "dq_v", "dk_v", "dv_v"])
 
 
-def test_layer_norm_dropout_rate_and_backward_mask():
+def test_layer_norm_dropout_rate_and_backward_mask(seed_mode):
     M, N = 64, 64
     ones, w = torch.ones(M, N, device=DEVICE), torch.ones(N, device=DEVICE)
     b = torch.zeros(N, device=DEVICE)
@@ -123,7 +140,7 @@ def _both_ops(x):
     return attention(q, q, q, dropout_p=0.5, impl="triton")
 
 
-def test_dropout_reproducible_from_torch_rng_state():
+def test_dropout_reproducible_from_torch_rng_state(seed_mode):
     x = torch.randn(8, 16, device=DEVICE)
     torch.manual_seed(0)
     a = _both_ops(x)
@@ -158,3 +175,18 @@ def test_attention_dropout_rate_other_probabilities(p):
     kept = out > 0.5
     torch.testing.assert_close(out[kept], torch.ones_like(out[kept]))
     _assert_rate(kept, p)
+
+
+@pytest.mark.gpu
+def test_cuda_seed_follows_torch_philox_state_without_a_launch():
+    from lxmert_fast.kernels._dropout import seed_args
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    a, b = seed_args(dev), seed_args(dev)
+    torch.manual_seed(0)
+    assert seed_args(dev) == a and a[0] is None and b[2] == a[2] + 4
+    state = torch.cuda.get_rng_state()
+    c = seed_args(dev)
+    torch.cuda.set_rng_state(state)
+    assert seed_args(dev) == c

@@ -6,6 +6,7 @@ import torch
 
 from kernel_parity_testutil import DEVICE, assert_parity
 from lxmert_fast.kernels import dropout_add_layer_norm, dropout_add_layer_norm_ref
+from lxmert_fast.kernels.layernorm import MAX_N
 
 DTYPES = [torch.float32, pytest.param(torch.float16, marks=pytest.mark.gpu),
           pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
@@ -40,6 +41,7 @@ def _ref(x, r, w, b, xb):
     ((3, 7, 61), True, False),    # prime width, no x_bias
     ((37, 130), False, True),     # no residual (the visual feature encoder)
     ((5, 2), True, True),         # tiny width
+    ((2, MAX_N), True, True),     # the widest row the kernel takes
 ])
 def test_layer_norm_matches_reference(shape, residual, x_bias, dtype):
     inputs = _inputs(shape, residual, x_bias)
@@ -91,3 +93,11 @@ def test_layer_norm_errors_name_the_value(bad, err, match):
     with pytest.raises(err, match=match):
         dropout_add_layer_norm(args["x"], args["residual"], args["weight"], args["bias"], EPS,
                                args["dropout_p"], args["x_bias"], impl="triton")
+
+
+def test_layer_norm_beyond_max_n_refused_or_reference():
+    x, r, w, b, xb = _inputs((2, MAX_N + 1))
+    with pytest.raises(ValueError, match=f"rows of {MAX_N + 1} > MAX_N"):
+        dropout_add_layer_norm(x, r, w, b, EPS, 0.0, xb, impl="triton")
+    torch.testing.assert_close(dropout_add_layer_norm(x, r, w, b, EPS, 0.0, xb, impl="auto"),
+                               _ref(x, r, w, b, xb))
