@@ -6,8 +6,8 @@ apply. Defaults are the original recipe (lxmert_fast.tasks.registry: batch 32, 4
 GQA 1e-5, 10% warm-up); on a CPU without data arguments the synthetic world is used with the
 ``small`` model of pretraining, ``CPU_SYNTHETIC_STEPS`` steps (about two minutes on 2 cores) and
 the task's learning rate times ``CPU_SYNTHETIC_LR_SCALE`` (3, the ratio of pretraining's CPU default
-3e-4 to the paper's 1e-4: a small model on a short budget; NLVR2-style, 150 steps from the
-shipped small model: 0.54 at the paper's 5e-5 on 100 held-out pairs, 0.695 at 1.5e-4 on 400,
+3e-4 to the paper's 1e-4: a small model on a short budget; NLVR2-style, 150 steps from a small
+pretrained model: 0.54 at the paper's 5e-5 on 100 held-out pairs, 0.695 at 1.5e-4 on 400,
 scratch 0.570: README).
 """
 import argparse

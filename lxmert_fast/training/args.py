@@ -145,7 +145,8 @@ def pretrain_parser() -> argparse.ArgumentParser:
       help="auto: small on CPU, base (9/5/5, 768) on GPU")
     for name in ("l_layers", "x_layers", "r_layers", "hidden_size"):
         a(f"--{name}", type=int, help="override the model size's value")
-    a("--dropout", type=float, help="hidden and attention dropout (default 0.1)")
+    a("--dropout", type=float, help="hidden and attention dropout (default 0.0 on CPU, the "
+                                      "paper's 0.1 on GPU)")
     a("--batch_size", type=int, help="global batch when no --deepspeed_config is given")
     a("--qa_from_epoch", type=int, default=0, help="QA loss only from this epoch on")
     a("--max_seq_len", type=int, help="tokens per sentence with [CLS]/[SEP] (default: 20; the "

@@ -23,7 +23,8 @@ def cache(tmp_path_factory):
 
 
 def test_one_rank_stop_and_resume_is_bit_identical(cache, tmp_path):
-    args = COMMON + ["--max_steps", "6", "--save_steps", "3", "--batch_size", "8"]
+    args = COMMON + ["--max_steps", "6", "--save_steps", "3", "--batch_size", "8",
+                     "--dropout", "0.1"]                  # the CPU default is 0: RNG resume
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     run(args + ["--output_dir", full], cache)
     _, out = run(args + ["--output_dir", part, "--stop_at", "3"], cache)
@@ -41,7 +42,8 @@ def test_one_rank_stop_and_resume_is_bit_identical(cache, tmp_path):
 
 def test_two_ranks_sigkill_then_resume_matches_uninterrupted(cache, tmp_path):
     cfg = ds_config(str(tmp_path), "z2.json", stage=2, micro=4, gas=1, world=2)
-    args = COMMON + ["--max_steps", "30", "--save_steps", "10", "--deepspeed_config", cfg]
+    args = COMMON + ["--max_steps", "30", "--save_steps", "10", "--deepspeed_config", cfg,
+                     "--dropout", "0.1"]
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     _, out = run(args + ["--output_dir", full], cache, ranks=2)
     assert "batch 8 on 2 rank(s)" in out

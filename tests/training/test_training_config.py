@@ -155,3 +155,19 @@ def test_missing_files_are_all_listed_at_once(tmp_path):
     for name in ("t2.json", "v.json", "f.store", "vocab.txt", "ds.json"):
         assert name in text
     assert "train.json\n" not in text
+
+
+def test_machine_defaults_cpu_recipe_options_and_gpu_paper_recipe():
+    from lxmert_fast.training import pretrain
+
+    def resolved(device, *argv):
+        args = cli.parse(cli.PretrainArgs, cli.pretrain_parser(), list(argv))
+        pretrain.resolve_defaults(args, device)
+        return args
+
+    cpu, gpu = resolved("cpu"), resolved("cuda")
+    assert (cpu.model_size, cpu.lr, cpu.itc, cpu.grounded_mask_rate, cpu.dropout) == \
+        ("small", 3e-4, "on", 0.5, 0.0)
+    assert (gpu.model_size, gpu.lr, gpu.itc, gpu.grounded_mask_rate, gpu.dropout) == \
+        ("base", 1e-4, "off", None, None)         # dropout None: the config's 0.1
+    assert resolved("cpu", "--dropout", "0.1").dropout == 0.1
