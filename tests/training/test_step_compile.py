@@ -70,5 +70,6 @@ def test_compiled_step_matches_eager_losses_and_every_gradient(process_group, ca
             scale = g.abs().max().item()
             err = (g_compiled[name] - g).abs().max().item()
             assert err <= 1e-4 * scale + 1e-6, f"batch {i} {name}: {err:.3e} vs scale {scale:.3e}"
-    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1, dict(dynamo_utils.counters["stats"])
+    stats = dict(dynamo_utils.counters["stats"])
+    assert stats["unique_graphs"] == 1, stats
     assert not dynamo_utils.counters["graph_break"], dict(dynamo_utils.counters["graph_break"])
