@@ -6,8 +6,9 @@ Model: the default 9/5/5 config (768 hidden), 20 tokens, 36 objects, all five lo
 the count depends on neither the batch (2 here) nor the width: under ``--benchmark-disable`` (CI)
 the same 9/5/5 layers run at hidden 64 (same counts, seconds instead of a minute).
 Variants: ``hf_eager`` (baseline), ``ours_ref`` (kernel_impl="torch"), ``ours_triton`` (the
-Triton kernels: what a GPU runs), both with the MLM gather of train.py (training/step.py); ``hf_compile`` and ``ours_compile``: kernels per call of
-the compiled step (inductor; under ``--benchmark-only``: compiling the base model takes minutes).
+Triton kernels: what a GPU runs), both with the MLM gather of train.py (training/step.py);
+``hf_compile`` and ``ours_compile``: kernels per call of the compiled step (inductor; under
+``--benchmark-only``: compiling the base model takes minutes).
 The proxy ours_triton <= 60% of transformers' launches per step is asserted in every run.
 
 GPU (``test_train_step_throughput``): samples/s at B=32 (32 per GPU, the 8-GPU recipe) and B=256,
