@@ -212,17 +212,6 @@ class MakeBatch:
         return self.dataset.make_batch(mb.indices)
 
 
-class Forward:
-    """(engine, batch) -> (loss, {task: loss}) for the training loop."""
-
-    def __init__(self, task: str):
-        self.task = task
-
-    def __call__(self, engine, batch):
-        out = engine(**batch)
-        return out.loss, {self.task: out.loss}
-
-
 def build_model(args, data: TaskData):
     """(model, init info): from the run's own config on --resume, else scratch / pretrained /
     fine-tuned (lxmert_fast.tasks.modelinit); checked against the tokenizer and features."""

@@ -206,16 +206,3 @@ def make_batch_fn(dataset, qa_from_epoch: int):
         dataset.enable_qa(mb.epoch >= qa_from_epoch)
         return dataset.make_batch(mb.indices)
     return make
-
-
-LABELS_OF = {"mlm": "labels", "qa": "ans"}
-
-
-def forward(engine, batch):
-    """-> (total loss, per-task losses). A task whose labels are all ignored (-100) in this
-    micro-batch contributes 0 to the total and is left out of the per-task means. The MLM head
-    runs on the masked tokens only (mlm_positions="labeled": same loss, ~15% of the decoder)."""
-    out = engine(**batch, mlm_positions="labeled")
-    losses = {k: v for k, v in out.losses.items()
-              if k not in LABELS_OF or bool((batch[LABELS_OF[k]] >= 0).any())}
-    return out.loss, losses
