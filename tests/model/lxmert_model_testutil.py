@@ -118,3 +118,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def assert_mlm_rows_match_dense(rows_model, rows_out, dense_model, dense_out, labels):
+    """A head run on selected MLM rows against the dense head (all tokens): its first N logits
+    are the dense logits of the N labeled tokens (row-major), every loss is the same, and after
+    backward every gradient (more than 10 parameters). Returns N."""
+    keep = labels != -100
+    n = int(keep.sum())
+    torch.testing.assert_close(rows_out.prediction_logits[:n], dense_out.prediction_logits[keep],
+                               rtol=1e-5, atol=1e-6)
+    assert set(rows_out.losses) == set(dense_out.losses)
+    for key in dense_out.losses:
+        torch.testing.assert_close(rows_out.losses[key], dense_out.losses[key],
+                                   rtol=1e-6, atol=1e-7)
+    dense_out.loss.backward()
+    rows_out.loss.backward()
+    assert assert_grads_close(rows_model, dense_model, rel=1e-5) > 10
+    return n
