@@ -61,6 +61,23 @@ def resolve_impl(impl: str, tensor: torch.Tensor, op: str) -> str:
     return "triton"
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the host's grid arithmetic (``triton.cdiv`` is a jit function: calling it
+    from Python goes through the JIT's argument handling, ~10 us a call)."""
+    return -(-a // b)
+
+
+def as_rows(t: torch.Tensor, N: int):
+    """(tensor, row stride) that a kernel reads as rows of ``N`` elements with a unit last stride:
+    ``t`` itself when its rows are evenly spaced (2-D with unit last stride, or contiguous of any
+    rank), else a contiguous copy. No view is made, so no autograd node and no op per call."""
+    if t.dim() == 2 and t.stride(1) == 1:
+        return t, t.stride(0)
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t, N
+
+
 def next_pow2(n: int, minimum: int = 1) -> int:
     """Smallest power of two >= max(n, minimum) (Triton block sizes must be powers of two)."""
     n = max(int(n), minimum)

@@ -6,6 +6,7 @@ bias is added here instead of in the GEMM (one read of x, one write of y). The b
 x + bias, writes dx and keeps d(bias) partial sums per program in registers over many rows; one
 small (G, N) -> (N,) torch sum finishes them. float32/float16/bfloat16, computed in float32.
 """
+import functools
 from typing import Tuple
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _impl
-from ._impl import check_tensors, next_pow2, tl, triton, use_kernel
+from ._impl import as_rows, cdiv, check_tensors, next_pow2, tl, triton, use_kernel
 
 _SQRT1_2 = tl.constexpr(0.7071067811865476)  # globals read by kernels must be constexpr
 _INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
@@ -61,57 +62,61 @@ def _gelu_bwd_kernel(x_ptr, b_ptr, dy_ptr, dx_ptr, part_ptr, M, N, rows_per_prog
     tl.store(part_ptr + pid * N + cols, db, mask=cols < N)
 
 
-def _rows(t, N):
-    t = t.reshape(-1, N)
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _tiles(M, N):
+@functools.lru_cache(maxsize=1024)
+def _plan(M, N, sms):
+    """(BM, BN, backward programs G, rows per backward program): ~4096 elements per tile; the
+    backward grid is one wave of ``sms`` SMs (3 programs each), or 2 long programs on CPU."""
     bn = min(next_pow2(N), 1024)
-    return max(1, min(4096 // bn, next_pow2(M))), bn
+    bm = max(1, min(4096 // bn, next_pow2(M)))
+    if sms:
+        G = max(1, min(cdiv(3 * sms, cdiv(N, bn)), cdiv(M, bm)))
+    else:  # the interpreter: few, long programs
+        G = max(1, min(2, cdiv(M, bm)))
+    return bm, bn, G, cdiv(M, G)
 
 
 def bias_gelu_forward(x, bias):
-    """y = gelu(x + bias) for x as (M, N) rows."""
-    M, N = x.shape
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    """y = gelu(x + bias), y shaped like x, for x read as rows of N = bias.numel() features."""
+    N = bias.shape[0]
+    x, sx = as_rows(x, N)
+    M = x.numel() // N if N else 0
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if M > 0:
-        bm, bn = _tiles(M, N)
-        _gelu_fwd_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
-            x, bias, y, M, N, x.stride(0), bm, bn, num_warps=4)
+        bm, bn, _, _ = _plan(M, N, _impl.num_sms(x.device))
+        _gelu_fwd_kernel[(cdiv(M, bm), cdiv(N, bn))](x, bias, y, M, N, sx, bm, bn, num_warps=4)
     return y
 
 
 def bias_gelu_backward(x, bias, dy):
-    """(dx, dbias) for x, dy as (M, N) rows."""
-    M, N = x.shape
-    dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    bm, bn = _tiles(M, N)
-    sms = _impl.num_sms(x.device)
-    if sms:
-        G = max(1, min(triton.cdiv(3 * sms, triton.cdiv(N, bn)), triton.cdiv(M, bm)))  # one wave
-    else:  # the interpreter: few, long programs
-        G = max(1, min(2, triton.cdiv(M, bm)))
-    part = torch.empty((G, N), dtype=torch.float32, device=x.device)  # every program writes
+    """(dx shaped like x, dbias) for x and dy read as rows of N = bias.numel() features."""
+    N = bias.shape[0]
+    x, sx = as_rows(x, N)
+    dy, sdy = as_rows(dy, N)
+    M = x.numel() // N if N else 0
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if M == 0:
-        part.zero_()
-    else:
-        _gelu_bwd_kernel[(G, triton.cdiv(N, bn))](
-            x, bias, dy, dx, part, M, N, triton.cdiv(M, G), x.stride(0), dy.stride(0), bm, bn,
-            num_warps=4)
-    return dx, part.sum(0).to(bias.dtype)
+        return dx, torch.zeros_like(bias)
+    bm, bn, G, rows_per_prog = _plan(M, N, _impl.num_sms(x.device))
+    part = torch.empty((G, N), dtype=torch.float32, device=x.device)  # every program writes
+    _gelu_bwd_kernel[(G, cdiv(N, bn))](x, bias, dy, dx, part, M, N, rows_per_prog, sx, sdy, bm,
+                                       bn, num_warps=4)
+    db = part.sum(0)
+    return dx, db if db.dtype == bias.dtype else db.to(bias.dtype)
 
 
 class _BiasGeluFn(torch.autograd.Function):
+    """Takes x in its own shape (no reshape or view around it: one autograd node per call)."""
+
     @staticmethod
     def forward(ctx, x, bias):
+        x, _ = as_rows(x, bias.shape[0])
         ctx.save_for_backward(x, bias)
         return bias_gelu_forward(x, bias)
 
     @staticmethod
     def backward(ctx, dy):
         x, bias = ctx.saved_tensors
-        return bias_gelu_backward(x, bias, _rows(dy, x.shape[1]))
+        return bias_gelu_backward(x, bias, dy)
 
 
 @torch.library.custom_op("lxmert_fast::bias_gelu_fwd", mutates_args=())
@@ -127,7 +132,7 @@ def _(x, bias):
 
 @torch.library.custom_op("lxmert_fast::bias_gelu_bwd", mutates_args=())
 def bias_gelu_bwd(x: Tensor, bias: Tensor, dy: Tensor) -> Tuple[Tensor, Tensor]:
-    return bias_gelu_backward(x, bias, dy.contiguous())
+    return bias_gelu_backward(x, bias, dy)
 
 
 @bias_gelu_bwd.register_fake
@@ -155,9 +160,6 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.
     if not use_kernel(impl, x, "bias_gelu"):
         return bias_gelu_ref(x, bias)
     check_tensors("bias_gelu", x.device, bias.dtype, bias=bias)
-    x2 = _rows(x, x.shape[-1])
     if torch.compiler.is_compiling():
-        y = bias_gelu_fwd(x2, bias)
-    else:
-        y = _BiasGeluFn.apply(x2, bias)
-    return y.view(x.shape)
+        return bias_gelu_fwd(x, bias)
+    return _BiasGeluFn.apply(x, bias)
