@@ -145,9 +145,9 @@ def eval_lines(output_dir):
         return [json.loads(l)["eval"] for l in f if '"eval"' in l]
 
 
-def ds_config(tmp_dir, name, stage, micro, gas, world):
-    """A repo config (configs/zero<stage>_fp32.json) with a tiny batch triple."""
-    with open(os.path.join(REPO, "configs", f"zero{max(stage, 1)}_fp32.json")) as f:
+def ds_config(tmp_dir, name, stage, micro, gas, world, precision="fp32"):
+    """A repo config (configs/zero<stage>_<precision>.json) with a tiny batch triple."""
+    with open(os.path.join(REPO, "configs", f"zero{max(stage, 1)}_{precision}.json")) as f:
         cfg = json.load(f)
     cfg.update(train_batch_size=micro * gas * world, train_micro_batch_size_per_gpu=micro,
                gradient_accumulation_steps=gas)
