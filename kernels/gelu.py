@@ -80,7 +80,7 @@ def bias_gelu_forward(x, bias):
     N = bias.shape[0]
     x, sx = as_rows(x, N)
     M = x.numel() // N if N else 0
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
     if M > 0:
         bm, bn, _, _ = _plan(M, N, _impl.num_sms(x.device))
         _gelu_fwd_kernel[(cdiv(M, bm), cdiv(N, bn))](x, bias, y, M, N, sx, bm, bn, num_warps=4)
@@ -93,7 +93,7 @@ def bias_gelu_backward(x, bias, dy):
     x, sx = as_rows(x, N)
     dy, sdy = as_rows(dy, N)
     M = x.numel() // N if N else 0
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     if M == 0:
         return dx, torch.zeros_like(bias)
     bm, bn, G, rows_per_prog = _plan(M, N, _impl.num_sms(x.device))
