@@ -5,17 +5,19 @@ backward kernels, their launchers, the autograd Function, the custom op (torch.c
 public ``dropout_add_layer_norm``.
 
 Design (DESIGN.md section 3): the forward normalises BM rows per program (whole rows of up to
-``MAX_N`` = 4096 features in registers) and saves only mean and rstd; the dropout mask is a pure
-function of (seed, element index) and is regenerated in the backward, which recomputes the LN input
-from x, x_bias and residual instead of storing it. Published Triton LayerNorm backwards lose to
-torch at hidden ~768 on the dW/dB reduction; here each backward program walks many rows, keeps its
-dW, dB and d(x_bias) partial sums in registers, and one small (3, G, N) -> (3, N) torch sum finishes
-them (the Apex / Liger scheme): G is one wave of resident programs (2 per SM up to 2048-wide rows,
-sm_90 compile figures), the partial buffer is not zero-filled (every program writes its row) and
-the three gradients are rows of the one sum (no copies). ``residual`` may be None (plain LN of
-dropout(x + x_bias)). Accumulation is in float32 for float32/float16/bfloat16 inputs; wider rows
-(8192 spills registers in the backward) fall back to the reference, as do other dtypes under
-impl="auto" (impl="triton" raises for them). Row bases are int64; fewer than 2**31 rows.
+``MAX_N`` = 4096 features in registers) and saves mean, rstd and, with dropout, the keep mask
+packed 8 features per byte ((M, ceil(N / 8)) uint8: 1/16 of a bfloat16 activation; drawn from a
+counter-based RNG, ``_dropout.py``); the backward reads the mask back (it draws no random
+numbers) and recomputes the LN input from x, x_bias and residual instead of storing it.
+Published Triton LayerNorm backwards lose to torch at hidden ~768 on the dW/dB reduction; here
+each backward program walks many rows, keeps its dW, dB and d(x_bias) partial sums in registers,
+and one small (3, G, N) -> (3, N) torch sum finishes them (the Apex / Liger scheme): G is one
+wave of resident programs (2 per SM up to 2048-wide rows, sm_90 compile figures), the partial
+buffer is not zero-filled (every program writes its row) and the three gradients are rows of the
+one sum (no copies). ``residual`` may be None (plain LN of dropout(x + x_bias)). Accumulation is
+in float32 for float32/float16/bfloat16 inputs; wider rows (8192 spills registers in the
+backward) fall back to the reference, as do other dtypes under impl="auto" (impl="triton" raises
+for them). Row bases are int64; fewer than 2**31 rows.
 """
 from typing import Optional, Tuple
 
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _impl
-from ._dropout import check_dropout_p, draw_seed, keep4, seed_args, threshold
+from ._dropout import (check_dropout_p, draw_seed, keep4_packed, load_keep, seed_args,
+                       threshold)
 from ._impl import KERNEL_DTYPES, check_tensors, next_pow2, tl, triton, use_kernel
 
 MAX_N = 4096
@@ -45,31 +48,29 @@ def dropout_add_layer_norm_ref(x, residual, weight, bias, eps=1e-12, dropout_p=0
 
 
 # Offsets: a tile's first row is an int64 base (rows * stride can pass 2**31); offsets inside a
-# tile are int32. Dropout: ``_dropout.keep4`` with counters (4-column group) in stream (row).
+# tile are int32. Dropout: ``_dropout.keep4_packed`` with counters (4-column group) in stream (row)
+# in the forward, which stores the packed mask (row stride ceil(N / 8) bytes); the backward
+# reads it back (``load_keep``).
 @triton.jit
-def _ln_input(x_ptr, r_ptr, xb_ptr, seed, call, thr, rows, r, cols, msk, N, sx, sr, inv_keep,
-              HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, DROPOUT: tl.constexpr,
-              BM: tl.constexpr, BN: tl.constexpr):
-    """z = dropout(x + x_bias) + residual for a (BM, BN) tile, in float32, and the keep mask.
-    ``x_ptr``/``r_ptr`` point at the tile's first row; ``r`` local rows, ``rows`` global ones."""
+def _ln_input(x_ptr, r_ptr, xb_ptr, keep, r, cols, msk, N, sx, sr, inv_keep,
+              HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, DROPOUT: tl.constexpr):
+    """z = dropout(x + x_bias) + residual for a (BM, BN) tile with keep mask ``keep``, in float32.
+    ``x_ptr``/``r_ptr`` point at the tile's first row; ``r`` are its local rows."""
     z = tl.load(x_ptr + r[:, None] * sx + cols[None, :], mask=msk, other=0.0).to(tl.float32)
     if HAS_XB:
         z += tl.load(xb_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-    keep = msk
     if DROPOUT:
-        groups = tl.zeros([BM, BN // 4], tl.int32) + tl.arange(0, BN // 4)[None, :]
-        keep = keep4(seed, groups, rows[:, None], call, thr)
         z = tl.where(keep, z * inv_keep, 0.0)
     if HAS_RES:
         z += tl.load(r_ptr + r[:, None] * sr + cols[None, :], mask=msk, other=0.0).to(tl.float32)
-    return z, keep
+    return z
 
 
 @triton.jit(do_not_specialize=["seed", "call"])
-def _ln_fwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, seed_ptr, seed,
-                   call, thr, M, N, sx, sr, sy, eps, inv_keep, HAS_RES: tl.constexpr,
-                   HAS_XB: tl.constexpr, SEED_IN_TENSOR: tl.constexpr, DROPOUT: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr):
+def _ln_fwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, keep_ptr,
+                   seed_ptr, seed, call, thr, M, N, sx, sr, sy, eps, inv_keep,
+                   HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, SEED_IN_TENSOR: tl.constexpr,
+                   DROPOUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     row0 = tl.program_id(0).to(tl.int64) * BM
     r = tl.arange(0, BM)
     rows = row0 + r
@@ -77,8 +78,16 @@ def _ln_fwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr
     msk = (rows < M)[:, None] & (cols < N)[None, :]
     if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
         seed = tl.load(seed_ptr)
-    z, _ = _ln_input(x_ptr + row0 * sx, r_ptr + row0 * sr, xb_ptr, seed, call, thr, rows, r, cols,
-                     msk, N, sx, sr, inv_keep, HAS_RES, HAS_XB, DROPOUT, BM, BN)
+    keep = msk
+    if DROPOUT:
+        groups = tl.zeros([BM, BN // 4], tl.int32) + tl.arange(0, BN // 4)[None, :]
+        keep, bits = keep4_packed(seed, groups, rows[:, None], call, thr)
+        n8 = (N + 7) // 8
+        b8 = tl.arange(0, BN // 8)
+        tl.store(keep_ptr + rows[:, None] * n8 + b8[None, :], bits,
+                 mask=(rows < M)[:, None] & (b8 < n8)[None, :])
+    z = _ln_input(x_ptr + row0 * sx, r_ptr + row0 * sr, xb_ptr, keep, r, cols, msk, N, sx, sr,
+                  inv_keep, HAS_RES, HAS_XB, DROPOUT)
     mean = tl.sum(z, 1) / N
     zc = tl.where(msk, z - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(zc * zc, 1) / N + eps)
@@ -91,14 +100,13 @@ def _ln_fwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr
     tl.store(rstd_ptr + rows, rstd, mask=rows < M)
 
 
-@triton.jit(do_not_specialize=["seed", "call"])
-def _ln_bwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, seed_ptr, seed, call,
-                   thr, dz_ptr, dx_ptr, part_ptr, M, N, G, rows_per_prog, sx, sr, sdy, inv_keep,
-                   HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, SEED_IN_TENSOR: tl.constexpr,
-                   DROPOUT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+@triton.jit
+def _ln_bwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, keep_ptr, dz_ptr,
+                   dx_ptr, part_ptr, M, N, G, rows_per_prog, sx, sr, sdy, inv_keep,
+                   HAS_RES: tl.constexpr, HAS_XB: tl.constexpr, DROPOUT: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr):
     pid = tl.program_id(0)
-    if SEED_IN_TENSOR:  # else the host's seed (inline: the interpreter pays per jit call)
-        seed = tl.load(seed_ptr)
+    n8 = (N + 7) // 8
     cols = tl.arange(0, BN)
     r = tl.arange(0, BM)
     w = tl.load(w_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
@@ -110,8 +118,11 @@ def _ln_bwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, seed
         base = tl.cast(r0, tl.int64)
         rows = base + r
         msk = (rows < row_end)[:, None] & (cols < N)[None, :]
-        z, keep = _ln_input(x_ptr + base * sx, r_ptr + base * sr, xb_ptr, seed, call, thr, rows, r,
-                            cols, msk, N, sx, sr, inv_keep, HAS_RES, HAS_XB, DROPOUT, BM, BN)
+        keep = msk
+        if DROPOUT:  # the forward's mask, read back (no random numbers here)
+            keep = load_keep(keep_ptr + rows[:, None] * n8, cols, msk)
+        z = _ln_input(x_ptr + base * sx, r_ptr + base * sr, xb_ptr, keep, r, cols, msk, N, sx, sr,
+                      inv_keep, HAS_RES, HAS_XB, DROPOUT)
         mean = tl.load(mean_ptr + rows, mask=rows < row_end, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=rows < row_end, other=0.0)
         xhat = tl.where(msk, (z - mean[:, None]) * rstd[:, None], 0.0)
@@ -142,8 +153,9 @@ def _rows(t, N):
 
 def _tiles(M, N, backward):
     """(BM, BN, num_warps): ~4096 elements per forward tile, ~2048 per backward tile (the backward
-    holds twice the live tensors) and <= 8 per thread there (sm_90 compile figures)."""
-    bn = next_pow2(N)
+    holds twice the live tensors) and <= 8 per thread there (sm_90 compile figures). BN >= 8:
+    the dropout mask is stored in whole bytes."""
+    bn = next_pow2(N, 8)
     bm = max(1, min(16, (2048 if backward else 4096) // bn, next_pow2(M)))
     if backward:
         return bm, bn, max(4, min(16, bm * bn // 256))
@@ -169,27 +181,31 @@ def _seed_head(x, p, seed):
 
 
 def layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p):
-    """(y, mean, rstd) with x, residual given as (M, N) row views; ``seed`` as
-    ``_dropout.seed_args`` returns it (None without dropout)."""
+    """(y, mean, rstd, keep) with x, residual given as (M, N) row views; ``seed`` as
+    ``_dropout.seed_args`` returns it (None without dropout); keep is the dropout mask packed 8
+    features per byte, (M, ceil(N / 8)) uint8, or None without dropout."""
     M, N = x.shape
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
     mean = torch.empty((M,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
+    keep = torch.empty((M, (N + 7) // 8), dtype=torch.uint8, device=x.device) if p > 0 else None
     if M == 0:
-        return y, mean, rstd
+        return y, mean, rstd, keep
     bm, bn, warps = _tiles(M, N, False)
     r = x if residual is None else residual
     head, in_tensor = _seed_head(x, p, seed)
     _ln_fwd_kernel[(triton.cdiv(M, bm),)](
-        x, r, x if x_bias is None else x_bias, weight, bias, y, mean, rstd, *head, M, N,
-        x.stride(0), r.stride(0), y.stride(0), eps, 1.0 / (1.0 - p), residual is not None,
-        x_bias is not None, in_tensor, p > 0, bm, bn, num_warps=warps)
-    return y, mean, rstd
+        x, r, x if x_bias is None else x_bias, weight, bias, y, mean, rstd,
+        y if keep is None else keep, *head, M, N, x.stride(0), r.stride(0), y.stride(0), eps,
+        1.0 / (1.0 - p), residual is not None, x_bias is not None, in_tensor, p > 0, bm, bn,
+        num_warps=warps)
+    return y, mean, rstd, keep
 
 
-def layer_norm_backward(x, residual, weight, x_bias, seed, mean, rstd, dy, p):
+def layer_norm_backward(x, residual, weight, x_bias, keep, mean, rstd, dy, p):
     """(dz, dx or None, sums): dz is the residual's gradient and, without dropout, also x's; sums
-    (3, N) in the weight's dtype holds dweight, dbias and dx_bias (``_split`` them: no copies)."""
+    (3, N) in the weight's dtype holds dweight, dbias and dx_bias (``_split`` them: no copies).
+    ``keep`` is the forward's packed dropout mask (None without dropout): no random numbers."""
     M, N = x.shape
     dz = torch.empty((M, N), dtype=x.dtype if residual is None else residual.dtype, device=x.device)
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device) if p > 0 else None
@@ -198,12 +214,11 @@ def layer_norm_backward(x, residual, weight, x_bias, seed, mean, rstd, dy, p):
     part = torch.empty((3, G, N), dtype=torch.float32, device=x.device)  # every program writes
     if M > 0:
         r = x if residual is None else residual
-        head, in_tensor = _seed_head(x, p, seed)
         _ln_bwd_kernel[(G,)](
-            x, r, x if x_bias is None else x_bias, weight, dy, mean, rstd, *head, dz,
-            dz if dx is None else dx, part, M, N, G, triton.cdiv(M, G), x.stride(0), r.stride(0),
-            dy.stride(0), 1.0 / (1.0 - p), residual is not None, x_bias is not None, in_tensor,
-            p > 0, bm, bn, num_warps=warps)
+            x, r, x if x_bias is None else x_bias, weight, dy, mean, rstd,
+            dz if keep is None else keep, dz, dz if dx is None else dx, part, M, N, G,
+            triton.cdiv(M, G), x.stride(0), r.stride(0), dy.stride(0), 1.0 / (1.0 - p),
+            residual is not None, x_bias is not None, p > 0, bm, bn, num_warps=warps)
     else:
         part.zero_()
     sums = part.sum(1)  # (3, N): the one small final reduction
@@ -220,16 +235,15 @@ def _split(sums, x_bias):
 class _DropoutAddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, residual, weight, bias, x_bias, seed, eps, p):
-        y, mean, rstd = layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p)
-        ctx.save_for_backward(x, residual, weight, x_bias, mean, rstd,
-                              seed[0] if seed else None)
-        ctx.p, ctx.seed = p, seed
+        y, mean, rstd, keep = layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p)
+        ctx.save_for_backward(x, residual, weight, x_bias, mean, rstd, keep)
+        ctx.p = p
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, residual, weight, x_bias, mean, rstd, _ = ctx.saved_tensors
-        dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, ctx.seed, mean, rstd,
+        x, residual, weight, x_bias, mean, rstd, keep = ctx.saved_tensors
+        dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, keep, mean, rstd,
                                            _rows(dy, x.shape[1]), ctx.p)
         dw, db, dxb = _split(sums, x_bias)
         dres = None if residual is None else dz
@@ -237,6 +251,7 @@ class _DropoutAddLayerNormFn(torch.autograd.Function):
 
 
 # --- the same launchers as a torch custom op (torch.compile: no graph break) -----------------
+# ln_fwd returns the keep mask always (custom ops return tensors): (0,) uint8 when p == 0.
 def _tseed(seed):
     return None if seed is None else (seed, 0, 0)
 
@@ -244,42 +259,45 @@ def _tseed(seed):
 @torch.library.custom_op("lxmert_fast::ln_fwd", mutates_args=())
 def ln_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Tensor,
            x_bias: Optional[Tensor], seed: Optional[Tensor], eps: float,
-           p: float) -> Tuple[Tensor, Tensor, Tensor]:
-    return layer_norm_forward(x, residual, weight, bias, x_bias, _tseed(seed), eps, p)
+           p: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, mean, rstd, keep = layer_norm_forward(x, residual, weight, bias, x_bias, _tseed(seed), eps,
+                                             p)
+    return y, mean, rstd, x.new_empty((0,), dtype=torch.uint8) if keep is None else keep
 
 
 @ln_fwd.register_fake
 def _(x, residual, weight, bias, x_bias, seed, eps, p):
-    M = x.shape[0]
+    M, N = x.shape
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
-            x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32))
+            x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32),
+            x.new_empty((M, (N + 7) // 8) if p > 0 else (0,), dtype=torch.uint8))
 
 
 @torch.library.custom_op("lxmert_fast::ln_bwd", mutates_args=())
 def ln_bwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, x_bias: Optional[Tensor],
-           seed: Optional[Tensor], mean: Tensor, rstd: Tensor, dy: Tensor,
+           keep: Tensor, mean: Tensor, rstd: Tensor, dy: Tensor,
            p: float) -> Tuple[Tensor, Tensor, Tensor]:
-    dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, _tseed(seed), mean, rstd,
-                                       dy.contiguous(), p)
+    dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, keep if p > 0 else None, mean,
+                                       rstd, dy.contiguous(), p)
     return dz, x.new_empty((0,)) if dx is None else dx, sums
 
 
 @ln_bwd.register_fake
-def _(x, residual, weight, x_bias, seed, mean, rstd, dy, p):
+def _(x, residual, weight, x_bias, keep, mean, rstd, dy, p):
     dz_dtype = x.dtype if residual is None else residual.dtype
     return (x.new_empty(x.shape, dtype=dz_dtype), x.new_empty(x.shape if p > 0 else (0,)),
             weight.new_empty((3, x.shape[1])))
 
 
 def _ln_setup(ctx, inputs, output):
-    x, residual, weight, _, x_bias, seed, _, p = inputs
-    ctx.save_for_backward(x, residual, weight, x_bias, seed, output[1], output[2])
+    x, residual, weight, _, x_bias, _, _, p = inputs
+    ctx.save_for_backward(x, residual, weight, x_bias, output[3], output[1], output[2])
     ctx.p, ctx.has_res, ctx.has_xb = p, residual is not None, x_bias is not None
 
 
-def _ln_backward(ctx, dy, _dmean, _drstd):
-    x, residual, weight, x_bias, seed, mean, rstd = ctx.saved_tensors
-    dz, dx, sums = ln_bwd(x, residual, weight, x_bias, seed, mean, rstd, dy, ctx.p)
+def _ln_backward(ctx, dy, _dmean, _drstd, _dkeep):
+    x, residual, weight, x_bias, keep, mean, rstd = ctx.saved_tensors
+    dz, dx, sums = ln_bwd(x, residual, weight, x_bias, keep, mean, rstd, dy, ctx.p)
     dw, db, dxb = _split(sums, x_bias)
     return (dz if ctx.p == 0 else dx, dz if ctx.has_res else None, dw, db,
             dxb if ctx.has_xb else None, None, None, None)

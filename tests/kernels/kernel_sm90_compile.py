@@ -140,8 +140,8 @@ def _attention_case(dtype, D, H, B, Lq, Lk, pair, dropout, mask=True, seed=None)
         dirs = [(proj(Lq), proj(Lk), proj(Lk), keys(Lk))]
     seed = (seed or HOST_SEED) if p else None
     res = A.attention_forward(dirs, 1.0 / D ** 0.5, p, seed)
-    outs, lses = [r[0] for r in res], [r[1] for r in res]
-    A.attention_backward(dirs, outs, lses, outs, 1.0 / D ** 0.5, p, seed)
+    outs, lses, keeps = ([r[i] for r in res] for i in range(3))
+    A.attention_backward(dirs, outs, lses, keeps, outs, 1.0 / D ** 0.5, p)
 
 
 def _ln_case(dtype, M, N, dropout, residual=True, x_bias=True):
@@ -150,8 +150,8 @@ def _ln_case(dtype, M, N, dropout, residual=True, x_bias=True):
     seed = HOST_SEED if p else None
     r = x if residual else None
     xb = w if x_bias else None
-    y, mean, rstd = LN.layer_norm_forward(x, r, w, w, xb, seed, 1e-12, p)
-    LN.layer_norm_backward(x, r, w, xb, seed, mean, rstd, y, p)
+    y, mean, rstd, keep = LN.layer_norm_forward(x, r, w, w, xb, seed, 1e-12, p)
+    LN.layer_norm_backward(x, r, w, xb, keep, mean, rstd, y, p)
 
 
 def _gelu_case(dtype, M, N):

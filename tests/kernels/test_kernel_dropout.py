@@ -1,6 +1,7 @@
 """Dropout inside the kernels (kernels/_dropout.py): keep rate and scaling within statistical
-bounds, the backward regenerating the forward's mask, reproducibility from torch's RNG state
-(manual_seed, get/set_rng_state, activation checkpointing)."""
+bounds, the backward using the forward's mask (stored packed, 8 elements per byte: the packed
+bytes match the forward's outputs and the backward draws no random numbers), reproducibility from
+torch's RNG state (manual_seed, get/set_rng_state, activation checkpointing)."""
 import importlib
 import math
 
@@ -11,6 +12,8 @@ from torch.utils.checkpoint import checkpoint
 
 from kernel_parity_testutil import DEVICE, assert_parity, padding_mask
 from lxmert_fast.kernels import attention, cross_attention_pair, dropout_add_layer_norm
+
+A, LN = (importlib.import_module(f"lxmert_fast.kernels.{m}") for m in ("attention", "layernorm"))
 
 P = 0.3
 SIGMAS = 5
@@ -75,7 +78,7 @@ def test_attention_dropout_rate_scaling_and_backward_mask(seed_mode):
 
 
 def test_cross_pair_dropout_masks_and_backward():
-    """Both directions draw independent masks from one seed; the backward regenerates each."""
+    """Both directions draw independent masks from one seed; the backward uses each."""
     B, H, Lt, No = 2, 2, 8, 16
     z_l, z_v = torch.zeros(B, Lt, H, No, device=DEVICE), torch.zeros(B, No, H, No, device=DEVICE)
     eye_v = torch.eye(No, device=DEVICE)[None, :, None, :].expand(B, No, H, No).contiguous()
@@ -123,6 +126,105 @@ def test_layer_norm_dropout_rate_and_backward_mask(seed_mode):
 
     assert_parity(kernel, ref, inputs, [torch.randn(M, N, device=DEVICE)], torch.float32,
                   ["y", "dx", "dresidual", "dweight", "dbias", "dx_bias"])
+
+
+def _unpack(keep, n):
+    """The (..., n) bool mask of packed (..., ceil(n / 8)) uint8 bytes: bit b of byte m is
+    element 8m + b (kernels/_dropout.py)."""
+    bits = (keep[..., None].to(torch.int32) >> torch.arange(8, device=keep.device)) & 1
+    return bits.flatten(-2)[..., :n].bool()
+
+
+def _seed_tensor():
+    return torch.tensor([1234], dtype=torch.int64, device=DEVICE)
+
+
+def test_attention_packed_mask_is_the_forwards_mask():
+    """The bytes the forward stores, unpacked, give its outputs through the reference dropout
+    structure, for one direction and the pair (lengths not multiples of 8, padded keys)."""
+    B, H, D, Lt, No = 2, 2, 16, 12, 20
+    scale = 1 / math.sqrt(D)
+    t = [torch.randn(B, n, H, D, device=DEVICE) for n in (Lt,) * 3 + (No,) * 3]
+    ml, mv = padding_mask(B, Lt, [Lt, 5]), padding_mask(B, No, [No, 9])
+    q_l, k_l, v_l, q_v, k_v, v_v = t
+    (out, _, keep), = A.attention_forward(((q_l, k_v, v_v, mv),), scale, P, (_seed_tensor(), 0, 0))
+    assert keep.shape == (B, H, Lt, 3) and keep.dtype == torch.uint8
+    bits = _unpack(keep, No)
+    _assert_rate(bits[mv[:, None, None, :].expand_as(bits)])
+    torch.testing.assert_close(out, _attention_with_keep(q_l, k_v, v_v, mv, bits))
+    res = A.attention_forward(((q_l, k_v, v_v, mv), (q_v, k_l, v_l, ml)), scale, P,
+                              (_seed_tensor(), 0, 0))
+    assert res[0][2].shape == (B, H, Lt, 3) and res[1][2].shape == (B, H, No, 2)
+    torch.testing.assert_close(res[0][0], _attention_with_keep(q_l, k_v, v_v, mv,
+                                                               _unpack(res[0][2], No)))
+    torch.testing.assert_close(res[1][0], _attention_with_keep(q_v, k_l, v_l, ml,
+                                                               _unpack(res[1][2], Lt)))
+
+
+def test_layer_norm_packed_mask_is_the_forwards_mask():
+    M, N = 6, 20
+    x, r = torch.randn(M, N, device=DEVICE), torch.randn(M, N, device=DEVICE)
+    w, b, xb = (torch.randn(N, device=DEVICE) for _ in range(3))
+    y, _, _, keep = LN.layer_norm_forward(x, r, w, b, xb, (_seed_tensor(), 0, 0), 1e-12, P)
+    assert keep.shape == (M, 3) and keep.dtype == torch.uint8
+    bits = _unpack(keep, N)
+    _assert_rate(bits)
+    torch.testing.assert_close(y, F.layer_norm((x + xb) * bits / (1 - P) + r, (N,), w, b, 1e-12))
+
+
+class _SeedBox:
+    """Hands every dropout call the one seed tensor ``self.seed`` (the seed-tensor path)."""
+
+    def __init__(self):
+        self.seed = _seed_tensor()
+
+    def __call__(self, device):
+        return self.seed, 0, 0
+
+
+def _attention_case(pair, custom_op):
+    B, H, D, Lt, No = 1, 2, 16, 12, 20
+    t = [torch.randn(B, n, H, D, device=DEVICE, requires_grad=True)
+         for n in ((Lt,) * 3 + (No,) * 3 if pair else (Lt, No, No))]
+    ml, mv = padding_mask(B, Lt, [9]), padding_mask(B, No, [17])
+    if not pair:
+        if custom_op:
+            return t, lambda box, q, k, v: A.attn_fwd(q, k, v, mv, box.seed, 0.25, P)[:1]
+        return t, lambda box, q, k, v: (attention(q, k, v, mv, P, impl="triton"),)
+    if custom_op:
+        return t, lambda box, *t: A.attn_pair_fwd(t[0], t[4], t[5], mv, t[3], t[1], t[2], ml,
+                                                  box.seed, 0.25, P)[::3]
+    return t, lambda box, *t: cross_attention_pair(*t, ml, mv, P, impl="triton")
+
+
+def _layer_norm_case(custom_op):
+    M, N = 6, 20
+    t = [torch.randn(s, device=DEVICE, requires_grad=True) for s in ((M, N), (M, N), N, N, N)]
+    if custom_op:
+        return t, lambda box, *t: LN.ln_fwd(*t[:4], t[4], box.seed, 1e-12, P)[:1]
+    return t, lambda box, *t: (dropout_add_layer_norm(*t[:4], 1e-12, P, t[4], impl="triton"),)
+
+
+@pytest.mark.parametrize("custom_op", [False, True], ids=["eager", "custom op"])
+@pytest.mark.parametrize("op", ["attention", "pair", "layer_norm"])
+def test_backward_draws_no_random_numbers(op, custom_op, monkeypatch):
+    """The seed tensor the forward drew from is overwritten before the backward: the gradients
+    do not change (the backward reads the stored mask). The check can fail: that seed gives
+    another mask, so a backward regenerating the mask from it would give other gradients."""
+    box = _SeedBox()
+    monkeypatch.setattr(A, "seed_args", box)
+    monkeypatch.setattr(LN, "seed_args", box)
+    inputs, run = _layer_norm_case(custom_op) if op == "layer_norm" else \
+        _attention_case(op == "pair", custom_op)
+    outs = run(box, *inputs)
+    douts = [torch.randn_like(o) for o in outs]
+    before = torch.autograd.grad(outs, inputs, douts, retain_graph=True)
+    box.seed.add_(1)  # in place: the tensor the forward read
+    after = torch.autograd.grad(outs, inputs, douts)
+    for g0, g1 in zip(before, after):
+        assert torch.equal(g0, g1)
+    other = run(box, *inputs)
+    assert all(not torch.equal(o, p) for o, p in zip(outs, other)), "the seed does not matter"
 
 
 def _get_state():
