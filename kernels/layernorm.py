@@ -28,7 +28,7 @@ from torch import Tensor
 from . import _impl
 from ._dropout import (check_dropout_p, draw_seed, keep4_packed, load_keep, seed_args,
                        threshold)
-from ._impl import KERNEL_DTYPES, check_tensors, next_pow2, tl, triton, use_kernel
+from ._impl import cdiv, KERNEL_DTYPES, check_tensors, next_pow2, tl, triton, use_kernel
 
 MAX_N = 4096
 
@@ -171,8 +171,8 @@ def bwd_programs_per_sm(warps):
 def _num_bwd_programs(device, M, bm, warps):
     sms = _impl.num_sms(device)
     if sms:
-        return max(1, min(bwd_programs_per_sm(warps) * sms, triton.cdiv(M, bm)))
-    return max(1, min(4, triton.cdiv(M, bm)))  # the interpreter: few, long programs
+        return max(1, min(bwd_programs_per_sm(warps) * sms, cdiv(M, bm)))
+    return max(1, min(4, cdiv(M, bm)))  # the interpreter: few, long programs
 
 
 def _seed_head(x, p, seed):
@@ -194,7 +194,7 @@ def layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p):
     bm, bn, warps = _tiles(M, N, False)
     r = x if residual is None else residual
     head, in_tensor = _seed_head(x, p, seed)
-    _ln_fwd_kernel[(triton.cdiv(M, bm),)](
+    _ln_fwd_kernel[(cdiv(M, bm),)](
         x, r, x if x_bias is None else x_bias, weight, bias, y, mean, rstd,
         y if keep is None else keep, *head, M, N, x.stride(0), r.stride(0), y.stride(0), eps,
         1.0 / (1.0 - p), residual is not None, x_bias is not None, in_tensor, p > 0, bm, bn,
@@ -217,7 +217,7 @@ def layer_norm_backward(x, residual, weight, x_bias, keep, mean, rstd, dy, p):
         _ln_bwd_kernel[(G,)](
             x, r, x if x_bias is None else x_bias, weight, dy, mean, rstd,
             dz if keep is None else keep, dz, dz if dx is None else dx, part, M, N, G,
-            triton.cdiv(M, G), x.stride(0), r.stride(0), dy.stride(0), 1.0 / (1.0 - p),
+            cdiv(M, G), x.stride(0), r.stride(0), dy.stride(0), 1.0 / (1.0 - p),
             residual is not None, x_bias is not None, p > 0, bm, bn, num_warps=warps)
     else:
         part.zero_()
