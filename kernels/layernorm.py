@@ -19,6 +19,7 @@ in float32 for float32/float16/bfloat16 inputs; wider rows (8192 spills register
 backward) fall back to the reference, as do other dtypes under impl="auto" (impl="triton" raises
 for them). Row bases are int64; fewer than 2**31 rows.
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -28,7 +29,8 @@ from torch import Tensor
 from . import _impl
 from ._dropout import (check_dropout_p, draw_seed, keep4_packed, load_keep, seed_args,
                        threshold)
-from ._impl import cdiv, KERNEL_DTYPES, check_tensors, next_pow2, tl, triton, use_kernel
+from ._impl import (KERNEL_DTYPES, as_rows, cdiv, check_tensors, next_pow2, tl, triton,
+                    use_kernel)
 
 MAX_N = 4096
 
@@ -146,11 +148,7 @@ def _ln_bwd_kernel(x_ptr, r_ptr, xb_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, keep
     tl.store(part + 2 * G * N, dxb, mask=cols < N)
 
 
-def _rows(t, N):
-    t = t.reshape(-1, N)
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
+@functools.lru_cache(maxsize=1024)
 def _tiles(M, N, backward):
     """(BM, BN, num_warps): ~4096 elements per forward tile, ~2048 per backward tile (the backward
     holds twice the live tensors) and <= 8 per thread there (sm_90 compile figures). BN >= 8:
@@ -168,8 +166,8 @@ def bwd_programs_per_sm(warps):
     return 2 if warps <= 8 else 1
 
 
-def _num_bwd_programs(device, M, bm, warps):
-    sms = _impl.num_sms(device)
+@functools.lru_cache(maxsize=1024)
+def _num_bwd_programs(sms, M, bm, warps):
     if sms:
         return max(1, min(bwd_programs_per_sm(warps) * sms, cdiv(M, bm)))
     return max(1, min(4, cdiv(M, bm)))  # the interpreter: few, long programs
@@ -181,44 +179,52 @@ def _seed_head(x, p, seed):
 
 
 def layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p):
-    """(y, mean, rstd, keep) with x, residual given as (M, N) row views; ``seed`` as
-    ``_dropout.seed_args`` returns it (None without dropout); keep is the dropout mask packed 8
-    features per byte, (M, ceil(N / 8)) uint8, or None without dropout."""
-    M, N = x.shape
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    mean = torch.empty((M,), dtype=torch.float32, device=x.device)
-    rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
-    keep = torch.empty((M, (N + 7) // 8), dtype=torch.uint8, device=x.device) if p > 0 else None
+    """(y, mean, rstd, keep) for x and residual (the same shape) read as M rows of N =
+    weight.numel() features; y is shaped like x. ``seed`` as ``_dropout.seed_args`` returns it
+    (None without dropout); keep is the dropout mask packed 8 features per byte,
+    (M, ceil(N / 8)) uint8, or None without dropout."""
+    N = weight.shape[0]
+    x, sx = as_rows(x, N)
+    r, sr = (x, sx) if residual is None else as_rows(residual, N)
+    M = x.numel() // N if N else 0
+    dev = x.device
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    mean = torch.empty((M,), dtype=torch.float32, device=dev)
+    rstd = torch.empty((M,), dtype=torch.float32, device=dev)
+    keep = torch.empty((M, (N + 7) // 8), dtype=torch.uint8, device=dev) if p > 0 else None
     if M == 0:
         return y, mean, rstd, keep
     bm, bn, warps = _tiles(M, N, False)
-    r = x if residual is None else residual
     head, in_tensor = _seed_head(x, p, seed)
     _ln_fwd_kernel[(cdiv(M, bm),)](
         x, r, x if x_bias is None else x_bias, weight, bias, y, mean, rstd,
-        y if keep is None else keep, *head, M, N, x.stride(0), r.stride(0), y.stride(0), eps,
-        1.0 / (1.0 - p), residual is not None, x_bias is not None, in_tensor, p > 0, bm, bn,
-        num_warps=warps)
+        y if keep is None else keep, *head, M, N, sx, sr, N, eps, 1.0 / (1.0 - p),
+        residual is not None, x_bias is not None, in_tensor, p > 0, bm, bn, num_warps=warps)
     return y, mean, rstd, keep
 
 
 def layer_norm_backward(x, residual, weight, x_bias, keep, mean, rstd, dy, p):
-    """(dz, dx or None, sums): dz is the residual's gradient and, without dropout, also x's; sums
-    (3, N) in the weight's dtype holds dweight, dbias and dx_bias (``_split`` them: no copies).
-    ``keep`` is the forward's packed dropout mask (None without dropout): no random numbers."""
-    M, N = x.shape
-    dz = torch.empty((M, N), dtype=x.dtype if residual is None else residual.dtype, device=x.device)
-    dx = torch.empty((M, N), dtype=x.dtype, device=x.device) if p > 0 else None
+    """(dz, dx or None, sums) for x, residual and dy read as rows of N = weight.numel() features:
+    dz (shaped like the residual, or x without one) is the residual's gradient and, without
+    dropout, also x's; sums (3, N) in the weight's dtype holds dweight, dbias and dx_bias
+    (``_split`` them: no copies). ``keep`` is the forward's packed dropout mask (None without
+    dropout): no random numbers."""
+    N = weight.shape[0]
+    x, sx = as_rows(x, N)
+    r, sr = (x, sx) if residual is None else as_rows(residual, N)
+    dy, sdy = as_rows(dy, N)
+    M = x.numel() // N if N else 0
+    dz = torch.empty_like(r, memory_format=torch.contiguous_format)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if p > 0 else None
     bm, bn, warps = _tiles(M, N, True)
-    G = _num_bwd_programs(x.device, M, bm, warps)
+    G = _num_bwd_programs(_impl.num_sms(x.device), M, bm, warps)
     part = torch.empty((3, G, N), dtype=torch.float32, device=x.device)  # every program writes
     if M > 0:
-        r = x if residual is None else residual
         _ln_bwd_kernel[(G,)](
             x, r, x if x_bias is None else x_bias, weight, dy, mean, rstd,
             dz if keep is None else keep, dz, dz if dx is None else dx, part, M, N, G,
-            cdiv(M, G), x.stride(0), r.stride(0), dy.stride(0), 1.0 / (1.0 - p),
-            residual is not None, x_bias is not None, p > 0, bm, bn, num_warps=warps)
+            cdiv(M, G), sx, sr, sdy, 1.0 / (1.0 - p), residual is not None, x_bias is not None,
+            p > 0, bm, bn, num_warps=warps)
     else:
         part.zero_()
     sums = part.sum(1)  # (3, N): the one small final reduction
@@ -233,6 +239,9 @@ def _split(sums, x_bias):
 
 
 class _DropoutAddLayerNormFn(torch.autograd.Function):
+    """Takes x and residual in their own shape (no reshape or view around it: one autograd node
+    per call); the gradients come back in those shapes."""
+
     @staticmethod
     def forward(ctx, x, residual, weight, bias, x_bias, seed, eps, p):
         y, mean, rstd, keep = layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p)
@@ -243,8 +252,8 @@ class _DropoutAddLayerNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, residual, weight, x_bias, mean, rstd, keep = ctx.saved_tensors
-        dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, keep, mean, rstd,
-                                           _rows(dy, x.shape[1]), ctx.p)
+        dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, keep, mean, rstd, dy,
+                                           ctx.p)
         dw, db, dxb = _split(sums, x_bias)
         dres = None if residual is None else dz
         return (dz if dx is None else dx), dres, dw, db, dxb, None, None, None
@@ -267,7 +276,8 @@ def ln_fwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, bias: Tensor,
 
 @ln_fwd.register_fake
 def _(x, residual, weight, bias, x_bias, seed, eps, p):
-    M, N = x.shape
+    N = weight.shape[0]
+    M = x.numel() // N if N else 0
     return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
             x.new_empty((M,), dtype=torch.float32), x.new_empty((M,), dtype=torch.float32),
             x.new_empty((M, (N + 7) // 8) if p > 0 else (0,), dtype=torch.uint8))
@@ -278,7 +288,7 @@ def ln_bwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, x_bias: Option
            keep: Tensor, mean: Tensor, rstd: Tensor, dy: Tensor,
            p: float) -> Tuple[Tensor, Tensor, Tensor]:
     dz, dx, sums = layer_norm_backward(x, residual, weight, x_bias, keep if p > 0 else None, mean,
-                                       rstd, dy.contiguous(), p)
+                                       rstd, dy, p)
     return dz, x.new_empty((0,)) if dx is None else dx, sums
 
 
@@ -286,7 +296,7 @@ def ln_bwd(x: Tensor, residual: Optional[Tensor], weight: Tensor, x_bias: Option
 def _(x, residual, weight, x_bias, keep, mean, rstd, dy, p):
     dz_dtype = x.dtype if residual is None else residual.dtype
     return (x.new_empty(x.shape, dtype=dz_dtype), x.new_empty(x.shape if p > 0 else (0,)),
-            weight.new_empty((3, x.shape[1])))
+            weight.new_empty((3, weight.shape[0])))
 
 
 def _ln_setup(ctx, inputs, output):
@@ -343,11 +353,8 @@ def dropout_add_layer_norm(x, residual, weight, bias, eps: float = 1e-12, dropou
     if not use_kernel(impl, x, "dropout_add_layer_norm", unfit):
         return dropout_add_layer_norm_ref(x, residual, weight, bias, eps, p, x_bias)
     _check_kernel_inputs(x, residual, weight, bias, x_bias)
-    x2, r2 = _rows(x, N), None if residual is None else _rows(residual, N)
     if torch.compiler.is_compiling():
         seed = draw_seed(x.device) if p > 0 else None
-        y = ln_fwd(x2, r2, weight, bias, x_bias, seed, float(eps), p)[0]
-    else:
-        seed = seed_args(x.device) if p > 0 else None
-        y = _DropoutAddLayerNormFn.apply(x2, r2, weight, bias, x_bias, seed, float(eps), p)
-    return y.view(x.shape)
+        return ln_fwd(x, residual, weight, bias, x_bias, seed, float(eps), p)[0]
+    seed = seed_args(x.device) if p > 0 else None
+    return _DropoutAddLayerNormFn.apply(x, residual, weight, bias, x_bias, seed, float(eps), p)

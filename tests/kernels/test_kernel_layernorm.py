@@ -49,6 +49,31 @@ def test_layer_norm_matches_reference(shape, residual, x_bias, dtype):
     assert_parity(_kernel, _ref, inputs, [dy], dtype, _names(inputs))
 
 
+def _strided(kind, shape):
+    """A tensor of ``shape`` whose memory is not the contiguous layout of that shape."""
+    if kind == "column slice":  # 2-D rows, evenly spaced but wider than the row: read in place
+        return torch.randn(shape[0], shape[1] + 32, device=DEVICE)[:, :shape[1]]
+    if kind == "transposed":  # (B, L, N) from (L, B, N): the kernel's rows are not evenly spaced
+        return torch.randn(shape[1], shape[0], shape[2], device=DEVICE).transpose(0, 1)
+    return torch.randn(*shape[:-1], 2 * shape[-1], device=DEVICE)[..., ::2]  # "strided features"
+
+
+@pytest.mark.parametrize("x_kind,r_kind,dy_kind,shape", [
+    ("column slice", "column slice", "column slice", (12, 64)),
+    ("transposed", "strided features", "transposed", (2, 5, 48)),
+    ("strided features", "transposed", "strided features", (3, 4, 40)),
+])
+def test_layer_norm_reads_strided_inputs(x_kind, r_kind, dy_kind, shape):
+    """Inputs and output gradient in other layouts than contiguous (a column slice is read in
+    place through its row stride; the rest are copied): the output and every gradient match the
+    reference, each gradient shaped like its input."""
+    _, _, w, b, xb = _inputs(shape)
+    inputs = [_strided(x_kind, shape), _strided(r_kind, shape), w, b, xb]
+    k_out, k_grads = assert_parity(_kernel, _ref, inputs, [_strided(dy_kind, shape)],
+                                   torch.float32, _names(inputs))
+    assert k_out[0].shape == shape and [tuple(g.shape) for g in k_grads[:2]] == [shape] * 2
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rows,n", [(14336, 768), (4096, 1024), (9216, 768)])
