@@ -395,7 +395,7 @@ def attention_forward(dirs, scale, p, seed):
     q0 = dirs[0][0]
     B, _, H, D = q0.shape
     fp32 = q0.dtype == torch.float32
-    res = [(torch.empty(q.shape, dtype=q.dtype, device=q.device),
+    res = [(torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty((B, H, q.shape[1]), dtype=torch.float32, device=q.device),
             torch.empty(_keep_shape(q, k), dtype=torch.uint8, device=q.device) if p > 0 else None)
            for q, k, _, _ in dirs]
@@ -423,9 +423,9 @@ def attention_forward(dirs, scale, p, seed):
 
 
 def _grads(q, k):
-    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
-            torch.empty(k.shape, dtype=k.dtype, device=k.device),
-            torch.empty(k.shape, dtype=k.dtype, device=k.device))
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format))
 
 
 def _bwd_dir_args(d, o, lse, keep, do, g):
