@@ -300,7 +300,9 @@ def test_bias_gelu(benchmark, quick, pass_, variant):
 # Issue 13's lean-launcher target: <= 20 us of host Python per fused-op call (forward+backward),
 # measured with only the final Triton launch stubbed (``kernel[grid](...)`` records and returns).
 # Tiny tensors, so the time is the host's: validation, allocation, autograd, argument packing.
-# Beside it, in the same run: a bare autograd.Function (one empty_like forward and backward) and
+# Timed as a step does it: a chain of HOST_CHAIN calls (each with its own weights) and one
+# backward, divided by the calls, so the autograd engine's start-up (~40 us on the 2-core CPU) is
+# paid once per step as in training, not once per op. Beside it, in the same run: a bare autograd.Function (one empty_like forward and backward) and
 # the launches per call. On CPU the dropout seed is a tensor drawn per call (``seed_args``); on
 # a CUDA device in eager it is read from torch's Philox state on the host (no op, no launch).
 HOST_TARGET_US = 20.0
@@ -344,8 +346,10 @@ class _Bare(torch.autograd.Function):
         return torch.empty_like(dy)
 
 
-def host_case(op):
-    """Factory: a zero-argument fwd+bwd call of ``op`` on tiny tensors, and its inputs."""
+def host_case(op, calls=1):
+    """Factory: a zero-argument step of ``calls`` chained calls of ``op`` on tiny tensors (each
+    call's first input is the previous call's output; every other input is the call's own, as a
+    model's layers each have theirs) and one ``torch.autograd.grad`` over all of them."""
     if not (CUDA or K.HAS_TRITON):
         pytest.skip("triton is not installed")
     device = "cuda" if CUDA else "cpu"
@@ -356,25 +360,55 @@ def host_case(op):
 
     p = TRAIN_DROPOUT
     if op in ("attention", "attention p=0"):
-        q, k, v, d = t(2, 20, 2, 16), t(2, 36, 2, 16), t(2, 36, 2, 16), t(2, 20, 2, 16, grad=False)
-        mask = _key_mask(2, 36, gen, device)
         p = p if op == "attention" else 0.0
-        return (lambda: K.attention(q, k, v, mask, dropout_p=p, impl="triton")), (q, k, v), (d,)
-    if op == "cross_attention_pair":
-        ts = [t(2, n, 2, 16) for n in (20, 20, 20, 36, 36, 36)]
-        ml, mv = _key_mask(2, 20, gen, device), _key_mask(2, 36, gen, device)
-        ds = (t(2, 20, 2, 16, grad=False), t(2, 36, 2, 16, grad=False))
-        return (lambda: K.cross_attention_pair(*ts, ml, mv, dropout_p=p, impl="triton")), ts, ds
-    if op in ("dropout_add_layer_norm", "dropout_add_layer_norm p=0"):
-        x, r, w, b, xb = t(40, 64), t(40, 64), t(64), t(64), t(64)
+        first, dout = t(2, 20, 2, 16), t(2, 20, 2, 16, grad=False)
+        own = [(t(2, 36, 2, 16), t(2, 36, 2, 16), _key_mask(2, 36, gen, device))
+               for _ in range(calls)]
+
+        def link(q, i):
+            k, v, mask = own[i]
+            return K.attention(q, k, v, mask, dropout_p=p, impl="triton")
+        leaves = [first] + [x for k, v, _ in own for x in (k, v)]
+    elif op == "cross_attention_pair":
+        first = (t(2, 20, 2, 16), t(2, 36, 2, 16))
+        dout = (t(2, 20, 2, 16, grad=False), t(2, 36, 2, 16, grad=False))
+        own = [([t(2, n, 2, 16) for n in (20, 20, 36, 36)], _key_mask(2, 20, gen, device),
+                _key_mask(2, 36, gen, device)) for _ in range(calls)]
+
+        def link(qs, i):
+            (k_l, v_l, k_v, v_v), ml, mv = own[i]
+            return K.cross_attention_pair(qs[0], k_l, v_l, qs[1], k_v, v_v, ml, mv, dropout_p=p,
+                                          impl="triton")
+        leaves = list(first) + [x for kv, _, _ in own for x in kv]
+    elif op in ("dropout_add_layer_norm", "dropout_add_layer_norm p=0"):
         p = p if op == "dropout_add_layer_norm" else 0.0
-        return (lambda: K.dropout_add_layer_norm(x, r, w, b, 1e-12, p, xb, impl="triton")), \
-            (x, r, w, b, xb), (t(40, 64, grad=False),)
-    if op == "bias_gelu":
-        x, b = t(40, 64), t(64)
-        return (lambda: K.bias_gelu(x, b, impl="triton")), (x, b), (t(40, 64, grad=False),)
-    x = t(40, 64)
-    return (lambda: _Bare.apply(x)), (x,), (t(40, 64, grad=False),)
+        first, dout = t(40, 64), t(40, 64, grad=False)
+        own = [(t(40, 64), t(64), t(64), t(64)) for _ in range(calls)]
+
+        def link(x, i):
+            r, w, b, xb = own[i]
+            return K.dropout_add_layer_norm(x, r, w, b, 1e-12, p, xb, impl="triton")
+        leaves = [first] + [x for o in own for x in o]
+    elif op == "bias_gelu":
+        first, dout = t(40, 64), t(40, 64, grad=False)
+        own = [t(64) for _ in range(calls)]
+
+        def link(x, i):
+            return K.bias_gelu(x, own[i], impl="triton")
+        leaves = [first] + own
+    else:
+        first, dout = t(40, 64), t(40, 64, grad=False)
+
+        def link(x, i):
+            return _Bare.apply(x)
+        leaves = [first]
+
+    def step():
+        y = first
+        for i in range(calls):
+            y = link(y, i)
+        torch.autograd.grad(y, leaves, dout)
+    return step
 
 
 HOST_OPS = ("bare autograd.Function", "attention", "attention p=0", "cross_attention_pair",
@@ -401,26 +435,28 @@ def _aten_ops(fn):
     return seen
 
 
+HOST_CHAIN = 16  # calls per timed step: one autograd.grad per step, as in training
+
+
 @pytest.mark.parametrize("op", HOST_OPS)
 def test_host_cost_per_call(benchmark, quick, monkeypatch, op):
     launches = _stub_launches(monkeypatch)
-    call, inputs, douts = host_case(op)
-
-    def step():
-        torch.autograd.grad(call(), inputs, douts)
-
+    step = host_case(op)
     step()
     per_call = len(launches)
     expected = 0 if op.startswith("bare") else 2  # one forward launch, one backward launch
     assert per_call == expected, f"{op}: {launches} launches per fwd+bwd, expected {expected}"
     ops = [o for o in _aten_ops(step) if o not in LEAN_OPS]
     assert not ops, f"{op}: fwd+bwd dispatches {ops} beyond allocations and the one reduction"
-    benchmark.group = "host cost per fused-op call (fwd+bwd, launch stubbed)"
+    chain = host_case(op, HOST_CHAIN)
+    benchmark.group = (f"host cost per fused-op call (fwd+bwd, launch stubbed; a chain of "
+                       f"{HOST_CHAIN} calls, one backward)")
     if quick:
-        benchmark.pedantic(step, rounds=1, iterations=1)
+        benchmark.pedantic(chain, rounds=1, iterations=1)
     else:
-        benchmark.pedantic(step, rounds=20, iterations=100, warmup_rounds=2)
-    us = None if benchmark.disabled else benchmark.stats.stats.median * 1e6
-    record(benchmark, shapes={"op": op, "device": "cuda" if CUDA else "cpu"},
+        benchmark.pedantic(chain, rounds=20, iterations=10, warmup_rounds=2)
+    us = None if benchmark.disabled else benchmark.stats.stats.median * 1e6 / HOST_CHAIN
+    record(benchmark, shapes={"op": op, "device": "cuda" if CUDA else "cpu",
+                              "calls_per_step": HOST_CHAIN},
            host_us_per_call=us, target_us=HOST_TARGET_US, launches_per_call=per_call,
            baselines=() if op.startswith("bare") else ("bare autograd.Function",))
