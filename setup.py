@@ -1,5 +1,5 @@
-"""Build lxmert_fast: the Python package, its Triton kernels (``kernels/`` as
-``lxmert_fast.kernels``) and, when ``csrc/`` has sources, the pybind11 feature loader."""
+"""Build lxmert_fast: the Python package (its Triton kernels in ``lxmert_fast/kernels/``) and,
+when ``csrc/`` has sources, the pybind11 feature loader."""
 import glob
 
 from setuptools import find_packages, setup
@@ -24,8 +24,7 @@ setup(
     name="lxmert_fast",
     version="0.1.0",
     description="LXMERT as a performance-engineered training system",
-    packages=find_packages(include=["lxmert_fast", "lxmert_fast.*"]) + ["lxmert_fast.kernels"],
-    package_dir={"lxmert_fast.kernels": "kernels"},
+    packages=find_packages(include=["lxmert_fast", "lxmert_fast.*"]),
     ext_modules=ext_modules,
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "safetensors", "tokenizers", "tqdm"],

@@ -44,9 +44,8 @@ else
 fi
 
 # 2. The package and its C++ extension: an editable install; without setuptools, the package
-#    from the source tree (lxmert_fast.kernels linked to kernels/) and the extension via c++.
+#    from the source tree and the extension via c++.
 build_fallback() {
-  [ -e lxmert_fast/kernels ] || ln -s ../kernels lxmert_fast/kernels
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   if ls csrc/*.cpp > /dev/null 2>&1; then
     local suffix

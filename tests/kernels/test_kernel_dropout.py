@@ -1,4 +1,4 @@
-"""Dropout inside the kernels (kernels/_dropout.py): keep rate and scaling within statistical
+"""Dropout inside the kernels (lxmert_fast/kernels/_dropout.py): keep rate and scaling within statistical
 bounds, the backward using the forward's mask (stored packed, 8 elements per byte: the packed
 bytes match the forward's outputs and the backward draws no random numbers), reproducibility from
 torch's RNG state (manual_seed, get/set_rng_state, activation checkpointing)."""
@@ -130,7 +130,7 @@ def test_layer_norm_dropout_rate_and_backward_mask(seed_mode):
 
 def _unpack(keep, n):
     """The (..., n) bool mask of packed (..., ceil(n / 8)) uint8 bytes: bit b of byte m is
-    element 8m + b (kernels/_dropout.py)."""
+    element 8m + b (lxmert_fast/kernels/_dropout.py)."""
     bits = (keep[..., None].to(torch.int32) >> torch.arange(8, device=keep.device)) & 1
     return bits.flatten(-2)[..., :n].bool()
 

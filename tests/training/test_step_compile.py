@@ -9,8 +9,6 @@ graph (micro-batch 4) is the one tests/training/test_train_compile.py's 2-rank r
 that run finds it in inductor's cache. The reference-op case compiles another graph: it runs
 with LXMERT_TEST_COMPILE_ALL=1 (it passed when this test was written)."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -40,23 +38,6 @@ def _batches_with_two_capacities(batches):
     raise AssertionError(f"every micro-batch has the same MLM capacity {sorted(found)}")
 
 
-FRESH = "LXMERT_TEST_FRESH_INTERPRETER"
-
-
-def _in_a_fresh_interpreter(impl):
-    """Run this test case alone in a new Python process. Within the whole suite's process the
-    Triton case failed (Dynamo: "Tried to access the schema for  which doesn't have a schema
-    registered yet" at lxmert_fast::attn_pair_fwd) after tests/model had run, though it passes
-    after either half of tests/model; the cause is not found yet (closing note of issue 13)."""
-    node = f"{os.path.abspath(__file__)}::test_compiled_step_matches_eager_losses_and_every_" \
-           f"gradient[{impl}]"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
-                          env={**os.environ, FRESH: "1"}, capture_output=True, text=True,
-                          timeout=1800, cwd=os.path.dirname(os.path.abspath(__file__)))
-    assert proc.returncode == 0 and "1 passed" in proc.stdout, \
-        proc.stdout[-6000:] + proc.stderr[-3000:]
-
-
 def _grads(engine):
     return {n: p.grad.clone() for n, p in engine.module.named_parameters() if p.grad is not None}
 
@@ -68,9 +49,6 @@ def test_compiled_step_matches_eager_losses_and_every_gradient(process_group, ca
     if impl == "torch" and os.environ.get("LXMERT_TEST_COMPILE_ALL") != "1":
         pytest.skip("a second compile (~3 min on 2 cores) beyond the CI budget: "
                     "LXMERT_TEST_COMPILE_ALL=1 runs it")
-    if os.environ.get(FRESH) != "1":
-        _in_a_fresh_interpreter(impl)
-        return
     torch._dynamo.reset()
     common = ["--kernel_impl", impl, "--batch_size", "4"]
     eager, batches, _ = build_pretrain_step(cache, [*common, "--compile", "off"])
