@@ -106,6 +106,32 @@ def _check_qkv(q, k, v, key_padding_mask, name="attention"):
 # (``load_keep``).
 # ---------------------------------------------------------------------------------------------
 @triton.jit
+def _key_block(k_ptr, v_ptr, m_ptr, k0, Lk, skl, svl, sml, dmask, HAS_MASK: tl.constexpr,
+               BK: tl.constexpr):
+    """Key block ``k0``: (key offsets, load mask, k, v, valid keys: in range and not padding)."""
+    offs_k = k0 + tl.arange(0, BK)
+    valid = offs_k < Lk
+    kv_mask = valid[:, None] & dmask[None, :]
+    k = tl.load(k_ptr + offs_k[:, None] * skl, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
+    if HAS_MASK:
+        valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
+    return offs_k, kv_mask, k, v, valid
+
+
+@triton.jit
+def _query_block(q_ptr, do_ptr, o_ptr, lse_ptr, q0, Lq, sql, sdl, so, dmask, BQ: tl.constexpr):
+    """Query block ``q0`` of the backward: (query offsets, load mask, q, dout, out, lse)."""
+    offs_q = q0 + tl.arange(0, BQ)
+    rows = (offs_q < Lq)[:, None] & dmask[None, :]
+    q = tl.load(q_ptr + offs_q[:, None] * sql, mask=rows, other=0.0)
+    do = tl.load(do_ptr + offs_q[:, None] * sdl, mask=rows, other=0.0)
+    o = tl.load(o_ptr + offs_q[:, None] * so, mask=rows, other=0.0)
+    lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
+    return offs_q, rows, q, do, o, lse
+
+
+@triton.jit
 def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, keep_ptr, seed, call, thr, bh,
                   stream, H, Lq, Lk, D, sqb, sql, sqh, skb, skl, skh, svb, svl, svh, smb, sml,
                   qk_scale, inv_keep, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
@@ -131,13 +157,8 @@ def _attn_fwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, keep_ptr, seed, ca
         l_i = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
         for k0 in range(0, Lk, BK):
-            offs_k = k0 + tl.arange(0, BK)
-            valid = offs_k < Lk
-            kv_mask = valid[:, None] & dmask[None, :]
-            k = tl.load(k_ptr + offs_k[:, None] * skl, mask=kv_mask, other=0.0)
-            v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
-            if HAS_MASK:
-                valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
+            offs_k, kv_mask, k, v, valid = _key_block(
+                k_ptr, v_ptr, m_ptr, k0, Lk, skl, svl, sml, dmask, HAS_MASK, BK)
             s = tl.dot(q, tl.trans(k), input_precision=DOT) * qk_scale  # (BQ, BK)
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -207,22 +228,13 @@ def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, keep_ptr, do_ptr, 
     lk8 = (Lk + 7) // 8
     keep_ptr += bh.to(tl.int64) * Lq * lk8
     for k0 in range(0, Lk, BK):  # dk, dv of one key block, summed over all query blocks
-        offs_k = k0 + tl.arange(0, BK)
-        valid = offs_k < Lk
-        kv_mask = valid[:, None] & dmask[None, :]
-        k = tl.load(k_ptr + offs_k[:, None] * skl, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
-        if HAS_MASK:
-            valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
+        offs_k, kv_mask, k, v, valid = _key_block(
+            k_ptr, v_ptr, m_ptr, k0, Lk, skl, svl, sml, dmask, HAS_MASK, BK)
         dk = tl.zeros([BK, BD], tl.float32)
         dv = tl.zeros([BK, BD], tl.float32)
         for q0 in range(0, Lq, BQ):
-            offs_q = q0 + tl.arange(0, BQ)
-            rows = (offs_q < Lq)[:, None] & dmask[None, :]
-            q = tl.load(q_ptr + offs_q[:, None] * sql, mask=rows, other=0.0)
-            do = tl.load(do_ptr + offs_q[:, None] * sdl, mask=rows, other=0.0)
-            o = tl.load(o_ptr + offs_q[:, None] * (H * D), mask=rows, other=0.0)
-            lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
+            offs_q, rows, q, do, o, lse = _query_block(
+                q_ptr, do_ptr, o_ptr, lse_ptr, q0, Lq, sql, sdl, H * D, dmask, BQ)
             pd, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, k0, Lq, keep_ptr, lk8,
                                    qk_scale, scale, inv_keep, DROPOUT, DOT, BK)
             dv += tl.dot(tl.trans(pd.to(do.dtype)), do, input_precision=DOT)
@@ -235,21 +247,12 @@ def _attn_bwd_one(q_ptr, k_ptr, v_ptr, m_ptr, o_ptr, lse_ptr, keep_ptr, do_ptr, 
         tl.store(dv_ptr + offs_k[:, None] * (H * D), dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
     if not ONE_KB:  # long rows: dq summed over key blocks in a second loop nest
         for q0 in range(0, Lq, BQ):
-            offs_q = q0 + tl.arange(0, BQ)
-            rows = (offs_q < Lq)[:, None] & dmask[None, :]
-            q = tl.load(q_ptr + offs_q[:, None] * sql, mask=rows, other=0.0)
-            do = tl.load(do_ptr + offs_q[:, None] * sdl, mask=rows, other=0.0)
-            o = tl.load(o_ptr + offs_q[:, None] * (H * D), mask=rows, other=0.0)
-            lse = tl.load(lse_ptr + offs_q, mask=offs_q < Lq, other=float("inf"))
+            offs_q, rows, q, do, o, lse = _query_block(
+                q_ptr, do_ptr, o_ptr, lse_ptr, q0, Lq, sql, sdl, H * D, dmask, BQ)
             dq = tl.zeros([BQ, BD], tl.float32)
             for k0 in range(0, Lk, BK):
-                offs_k = k0 + tl.arange(0, BK)
-                valid = offs_k < Lk
-                kv_mask = valid[:, None] & dmask[None, :]
-                k = tl.load(k_ptr + offs_k[:, None] * skl, mask=kv_mask, other=0.0)
-                v = tl.load(v_ptr + offs_k[:, None] * svl, mask=kv_mask, other=0.0)
-                if HAS_MASK:
-                    valid = valid & (tl.load(m_ptr + offs_k * sml, mask=offs_k < Lk, other=0) != 0)
+                offs_k, kv_mask, k, v, valid = _key_block(
+                    k_ptr, v_ptr, m_ptr, k0, Lk, skl, svl, sml, dmask, HAS_MASK, BK)
                 _, ds = _attn_dscores(q, do, o, lse, k, v, valid, offs_q, k0, Lq, keep_ptr, lk8,
                                       qk_scale, scale, inv_keep, DROPOUT, DOT, BK)
                 dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT)
