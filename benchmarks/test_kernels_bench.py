@@ -302,9 +302,10 @@ def test_bias_gelu(benchmark, quick, pass_, variant):
 # Tiny tensors, so the time is the host's: validation, allocation, autograd, argument packing.
 # Timed as a step does it: a chain of HOST_CHAIN calls (each with its own weights) and one
 # backward, divided by the calls, so the autograd engine's start-up (~40 us on the 2-core CPU) is
-# paid once per step as in training, not once per op. Beside it, in the same run: a bare autograd.Function (one empty_like forward and backward) and
-# the launches per call. On CPU the dropout seed is a tensor drawn per call (``seed_args``); on
-# a CUDA device in eager it is read from torch's Philox state on the host (no op, no launch).
+# paid once per step as in training, not once per op. Beside it, in the same run: a bare
+# autograd.Function (one empty_like forward and backward) and the launches per call. On CPU the
+# dropout seed is a tensor drawn per call (``seed_args``); on a CUDA device in eager it is read
+# from torch's Philox state on the host (no op, no launch).
 HOST_TARGET_US = 20.0
 KERNEL_NAMES = {"attention": ("_attn_fwd_kernel", "_attn_bwd_kernel", "_attn_pair_fwd_kernel",
                               "_attn_pair_bwd_kernel"),

@@ -48,6 +48,14 @@ def seed_args(device: torch.device):
     return draw_seed(device), 0, 0
 
 
+def kernel_seed_args(placeholder: torch.Tensor, p: float, seed):
+    """The kernels' leading (seed_ptr, seed, call, threshold) arguments for ``seed`` as
+    ``seed_args`` returns it (None without dropout), and their SEED_IN_TENSOR flag; without a
+    seed tensor, ``placeholder`` fills the unused pointer."""
+    st, si, call = (None, 0, 0) if seed is None else seed
+    return (placeholder if st is None else st, si, call, threshold(p)), st is not None
+
+
 def threshold(p: float) -> int:
     """The integer keep threshold of ``keep4_packed`` for dropout probability ``p``."""
     return int(round(p * (1 << _THRESHOLD_BITS)))

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._dropout import (check_dropout_p, draw_seed, keep4_packed, load_keep, seed_args,
-                       threshold)
+from ._dropout import (check_dropout_p, draw_seed, keep4_packed, kernel_seed_args, load_keep,
+                       seed_args)
 from ._impl import check_tensors, next_pow2, tl, triton, use_kernel
 
 # Largest head dim the kernels take on a GPU, per dtype; larger ones run the reference under
@@ -349,7 +349,6 @@ _I32 = 2 ** 31
 # it up to ~70 registers and spilled at head dim 256.
 _CONFIG = {(False, False): (64, 8192, 4096), (False, True): (16, 4096, 4096),
            (True, False): (16, 4096, 2048), (True, True): (16, 2048, 512)}
-_NO_SEED = (None, 0, 0)
 
 
 def _maxnreg(fp32, bd):
@@ -381,12 +380,6 @@ def _dir_args(q, k, v, mask, o, lse, keep):
             sq[2], sk[0], sk[1], sk[2], sv[0], sv[1], sv[2], smb, sml)
 
 
-def _seed_head(q, p, seed):
-    """The kernels' leading (seed_ptr, seed, call, threshold) and the SEED_IN_TENSOR flag."""
-    st, si, call = _NO_SEED if seed is None else seed
-    return (q if st is None else st, si, call, threshold(p)), st is not None
-
-
 def _keep_shape(q, k):
     """The packed keep mask of one direction: (B, H, Lq, ceil(Lk / 8)) uint8."""
     return q.shape[0], q.shape[2], q.shape[1], (k.shape[1] + 7) // 8
@@ -404,7 +397,7 @@ def attention_forward(dirs, scale, p, seed):
            for q, k, _, _ in dirs]
     if B * H == 0:
         return res
-    head, in_tensor = _seed_head(q0, p, seed)
+    head, in_tensor = kernel_seed_args(q0, p, seed)
     head += (H, D, scale * _LOG2E, 1.0 / (1.0 - p))
     dot = "ieee" if fp32 else "tf32"
     if len(dirs) == 1:

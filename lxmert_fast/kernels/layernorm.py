@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _impl
-from ._dropout import (check_dropout_p, draw_seed, keep4_packed, load_keep, seed_args,
-                       threshold)
+from ._dropout import (check_dropout_p, draw_seed, keep4_packed, kernel_seed_args, load_keep,
+                       seed_args)
 from ._impl import (KERNEL_DTYPES, as_rows, cdiv, check_tensors, next_pow2, tl, triton,
                     use_kernel)
 
@@ -173,11 +173,6 @@ def _num_bwd_programs(sms, M, bm, warps):
     return max(1, min(4, cdiv(M, bm)))  # the interpreter: few, long programs
 
 
-def _seed_head(x, p, seed):
-    st, si, call = (None, 0, 0) if seed is None else seed
-    return (x if st is None else st, si, call, threshold(p)), st is not None
-
-
 def layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p):
     """(y, mean, rstd, keep) for x and residual (the same shape) read as M rows of N =
     weight.numel() features; y is shaped like x. ``seed`` as ``_dropout.seed_args`` returns it
@@ -195,7 +190,7 @@ def layer_norm_forward(x, residual, weight, bias, x_bias, seed, eps, p):
     if M == 0:
         return y, mean, rstd, keep
     bm, bn, warps = _tiles(M, N, False)
-    head, in_tensor = _seed_head(x, p, seed)
+    head, in_tensor = kernel_seed_args(x, p, seed)
     _ln_fwd_kernel[(cdiv(M, bm),)](
         x, r, x if x_bias is None else x_bias, weight, bias, y, mean, rstd,
         y if keep is None else keep, *head, M, N, sx, sr, N, eps, 1.0 / (1.0 - p),

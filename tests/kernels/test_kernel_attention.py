@@ -1,6 +1,6 @@
-"""Parity of the Triton attention kernels (lxmert_fast/kernels/attention.py) with the reference: outputs and
-dq, dk, dv; self-attention and the two-way cross-attention pair. float32 runs on CPU under the
-Triton interpreter (and on a GPU when there is one); float16/bfloat16 need a GPU."""
+"""Parity of the Triton attention kernels (lxmert_fast/kernels/attention.py) with the reference:
+outputs and dq, dk, dv; self-attention and the two-way cross-attention pair. float32 runs on CPU
+under the Triton interpreter (and on a GPU when there is one); float16/bfloat16 need a GPU."""
 import pytest
 import torch
 

@@ -1,7 +1,7 @@
-"""Dropout inside the kernels (lxmert_fast/kernels/_dropout.py): keep rate and scaling within statistical
-bounds, the backward using the forward's mask (stored packed, 8 elements per byte: the packed
-bytes match the forward's outputs and the backward draws no random numbers), reproducibility from
-torch's RNG state (manual_seed, get/set_rng_state, activation checkpointing)."""
+"""Dropout inside the kernels (lxmert_fast/kernels/_dropout.py): keep rate and scaling within
+statistical bounds, the backward using the forward's mask (stored packed, 8 elements per byte: the
+packed bytes match the forward's outputs and the backward draws no random numbers), reproducibility
+from torch's RNG state (manual_seed, get/set_rng_state, activation checkpointing)."""
 import importlib
 import math
 

@@ -1,5 +1,5 @@
-"""Parity of the Triton bias_gelu (lxmert_fast/kernels/gelu.py) with the reference: output, dx and dbias.
-float32 on CPU under the Triton interpreter; float16/bfloat16 on a GPU."""
+"""Parity of the Triton bias_gelu (lxmert_fast/kernels/gelu.py) with the reference: output, dx and
+dbias. float32 on CPU under the Triton interpreter; float16/bfloat16 on a GPU."""
 import pytest
 import torch
 

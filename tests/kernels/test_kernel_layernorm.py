@@ -1,6 +1,7 @@
-"""Parity of the Triton dropout_add_layer_norm (lxmert_fast/kernels/layernorm.py) with the reference, without
-dropout: the output and the gradients of x, residual, weight, bias and x_bias. float32 on CPU under
-the Triton interpreter; float16/bfloat16 on a GPU. (Dropout: test_kernel_dropout.py.)"""
+"""Parity of the Triton dropout_add_layer_norm (lxmert_fast/kernels/layernorm.py) with the
+reference, without dropout: the output and the gradients of x, residual, weight, bias and x_bias.
+float32 on CPU under the Triton interpreter; float16/bfloat16 on a GPU. (Dropout:
+test_kernel_dropout.py.)"""
 import pytest
 import torch
 
