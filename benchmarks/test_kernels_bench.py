@@ -303,7 +303,9 @@ def test_bias_gelu(benchmark, quick, pass_, variant):
 # Timed as a step does it: a chain of HOST_CHAIN calls (each with its own weights) and one
 # backward, divided by the calls, so the autograd engine's start-up (~40 us on the 2-core CPU) is
 # paid once per step as in training, not once per op. Beside it, in the same run: a bare
-# autograd.Function (one empty_like forward and backward) and the launches per call. On CPU the
+# autograd.Function (one empty_like forward and backward), the floor of a fused op's Function
+# with 1, 2, 3 and 5 differentiable inputs (saves them, allocates the output and their
+# gradients, launches nothing) and the launches per call. On CPU the
 # dropout seed is a tensor drawn per call (``seed_args``); on a CUDA device in eager it is read
 # from torch's Philox state on the host (no op, no launch).
 HOST_TARGET_US = 20.0
@@ -345,6 +347,20 @@ class _Bare(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         return torch.empty_like(dy)
+
+
+class _SavesInputs(torch.autograd.Function):
+    """The floor of a fused op's Function: saves its differentiable inputs, allocates its output
+    and their gradients, launches nothing (the fused ops take 2 to 5 such inputs)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        ctx.save_for_backward(*inputs)
+        return torch.empty_like(inputs[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
 
 
 def host_case(op, calls=1):
@@ -397,6 +413,13 @@ def host_case(op, calls=1):
         def link(x, i):
             return K.bias_gelu(x, own[i], impl="triton")
         leaves = [first] + own
+    elif op.startswith("empty autograd.Function"):  # "... with N input(s)"
+        first, dout = t(40, 64), t(40, 64, grad=False)
+        own = [[t(40, 64) for _ in range(int(op.split()[-2]) - 1)] for _ in range(calls)]
+
+        def link(x, i):
+            return _SavesInputs.apply(x, *own[i])
+        leaves = [first] + [x for o in own for x in o]
     else:
         first, dout = t(40, 64), t(40, 64, grad=False)
 
@@ -412,8 +435,11 @@ def host_case(op, calls=1):
     return step
 
 
-HOST_OPS = ("bare autograd.Function", "attention", "attention p=0", "cross_attention_pair",
-            "dropout_add_layer_norm", "dropout_add_layer_norm p=0", "bias_gelu")
+FLOORS = tuple(f"empty autograd.Function with {n} input{'s' if n > 1 else ''}"
+               for n in (1, 2, 3, 5))
+HOST_OPS = ("bare autograd.Function", *FLOORS, "attention", "attention p=0",
+            "cross_attention_pair", "dropout_add_layer_norm", "dropout_add_layer_norm p=0",
+            "bias_gelu")
 # aten ops a lean call may dispatch (fwd+bwd): allocations, views, the LayerNorm/GeLU partial-sum
 # reduction and, on CPU with dropout, the seed draw. No zero-fill, copy or cast of a full tensor.
 LEAN_OPS = {"empty", "empty_strided", "empty_like", "new_empty", "view", "_unsafe_view",
@@ -445,7 +471,8 @@ def test_host_cost_per_call(benchmark, quick, monkeypatch, op):
     step = host_case(op)
     step()
     per_call = len(launches)
-    expected = 0 if op.startswith("bare") else 2  # one forward launch, one backward launch
+    baseline = op.startswith(("bare", "empty"))
+    expected = 0 if baseline else 2  # one forward launch, one backward launch
     assert per_call == expected, f"{op}: {launches} launches per fwd+bwd, expected {expected}"
     ops = [o for o in _aten_ops(step) if o not in LEAN_OPS]
     assert not ops, f"{op}: fwd+bwd dispatches {ops} beyond allocations and the one reduction"
@@ -460,4 +487,4 @@ def test_host_cost_per_call(benchmark, quick, monkeypatch, op):
     record(benchmark, shapes={"op": op, "device": "cuda" if CUDA else "cpu",
                               "calls_per_step": HOST_CHAIN},
            host_us_per_call=us, target_us=HOST_TARGET_US, launches_per_call=per_call,
-           baselines=() if op.startswith("bare") else ("bare autograd.Function",))
+           baselines=() if baseline else ("bare autograd.Function",))
