@@ -3,15 +3,16 @@
 - ``save_pretrained(model, dir)`` writes ``config.json`` + ``model.safetensors`` (or
   ``pytorch_model.bin``) that transformers' ``from_pretrained`` loads; the tied MLM decoder weight
   is omitted, as transformers does.
-- ``load_pretrained(cls, dir)`` reads such a directory (ours or one transformers wrote, sharded
-  safetensors included), with transformers' base-model prefix rule: a head model's directory
-  loads into ``LxmertModel`` (its ``lxmert.`` weights), a backbone directory into a head model
-  (``strict=False`` leaves the heads at their initialisation).
+- ``read_state_dict(dir)`` reads such a directory (ours or one transformers wrote, sharded
+  safetensors included); ``adapt_prefix`` is transformers' base-model prefix rule (a head model's
+  weights into ``LxmertModel``, a backbone's into a head model). ``from_pretrained`` itself, with
+  transformers' semantics, is ``lxmert_fast.modeling_loading``.
 - ``load_original_state_dict(model, source)`` maps the original repository's names
   (github.com/airsplay/lxmert: ``module.`` from DataParallel, ``bert.`` for the backbone,
   fine-tuned ``lxrt_encoder.model.bert.`` and ``logit_fc.``) onto ours.
 
-Missing, unexpected or wrongly shaped keys raise ``CheckpointError`` listing them.
+``check_and_load`` (the original checkpoints' loader) raises ``CheckpointError`` listing missing,
+unexpected or wrongly shaped keys.
 """
 import json
 import os
@@ -20,7 +21,6 @@ from typing import Dict, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from lxmert_fast.config import LxmertConfig
 
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
@@ -83,23 +83,27 @@ def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
     return load_file(path, device="cpu")
 
 
-def read_state_dict(directory: str) -> Dict[str, torch.Tensor]:
-    """The weights of a transformers-format directory (safetensors, sharded or not, or .bin)."""
+def read_state_dict(directory: str, use_safetensors: Optional[bool] = None,
+                    weights_only: bool = True) -> Dict[str, torch.Tensor]:
+    """The weights of a transformers-format directory (safetensors, sharded or not, or .bin);
+    ``use_safetensors`` True reads only safetensors, False only the .bin (transformers')."""
     safe, index, binary = (os.path.join(directory, n) for n in
                            (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME, WEIGHTS_NAME))
-    if os.path.isfile(safe):
+    if use_safetensors is not False and os.path.isfile(safe):
         return _read_safetensors(safe)
-    if os.path.isfile(index):
+    if use_safetensors is not False and os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         state = {}
         for shard in shards:
             state.update(_read_safetensors(os.path.join(directory, shard)))
         return state
-    if os.path.isfile(binary):
-        return torch.load(binary, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no {SAFE_WEIGHTS_NAME}, {SAFE_INDEX_NAME} or {WEIGHTS_NAME} in "
-                            f"{directory}")
+    if not use_safetensors and os.path.isfile(binary):
+        return torch.load(binary, map_location="cpu", weights_only=weights_only)
+    wanted = {None: f"{SAFE_WEIGHTS_NAME}, {SAFE_INDEX_NAME} or {WEIGHTS_NAME}",
+              True: f"{SAFE_WEIGHTS_NAME} or {SAFE_INDEX_NAME} (use_safetensors=True)",
+              False: f"{WEIGHTS_NAME} (use_safetensors=False)"}[use_safetensors]
+    raise FileNotFoundError(f"no {wanted} in {directory}")
 
 
 def adapt_prefix(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -113,47 +117,17 @@ def adapt_prefix(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[
     return state_dict
 
 
-def _resolve_dtype(dtype, config: LxmertConfig) -> Optional[torch.dtype]:
-    if dtype == "auto":
-        dtype = config.dtype
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).replace("torch.", ""), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"from_pretrained: dtype={dtype!r} is not a torch dtype")
-    return resolved
-
-
-def load_pretrained(cls, path: str, *, config: Optional[LxmertConfig] = None, strict: bool = True,
-                    dtype=None, output_loading_info: bool = False, **config_overrides):
-    """Build ``cls`` from ``path/config.json`` (plus overrides) and load its weights, in eval mode
-    as transformers does."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{cls.__name__}.from_pretrained: {path} is not a directory")
-    if config is None:
-        config = LxmertConfig.from_pretrained(path, **config_overrides)
-    elif config_overrides:
-        raise ValueError(f"{cls.__name__}.from_pretrained: give either config or overrides "
-                         f"({sorted(config_overrides)}), not both")
-    model = cls(config)
-    state = adapt_prefix(model, read_state_dict(path))
-    info = check_and_load(model, state, strict=strict, source=path)
-    target = _resolve_dtype(dtype, config)
-    if target is not None:
-        model.to(target)
-    model.eval()
-    return (model, info) if output_loading_info else model
-
-
-def save_pretrained(model: nn.Module, save_directory: str, safe_serialization: bool = True) -> str:
-    """Write config.json and the weights (tied decoder omitted); returns the weights path."""
+def save_pretrained(model: nn.Module, save_directory: str, safe_serialization: bool = True,
+                    state_dict: Optional[Dict[str, torch.Tensor]] = None) -> str:
+    """Write config.json and the weights (``state_dict`` or the model's; tied decoder omitted);
+    returns the weights path."""
     os.makedirs(save_directory, exist_ok=True)
     model.config.architectures = [type(model).__name__]
     model.config.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     model.config.save_pretrained(save_directory)
     skip = tied_keys(model)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-             if k not in skip}
+    source = model.state_dict() if state_dict is None else state_dict
+    state = {k: v.detach().to("cpu").contiguous() for k, v in source.items() if k not in skip}
     name = SAFE_WEIGHTS_NAME if safe_serialization else WEIGHTS_NAME
     path = os.path.join(save_directory, name)
     tmp = path + ".tmp"

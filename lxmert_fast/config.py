@@ -55,6 +55,10 @@ IGNORED_KEYS = _GENERIC_KEYS | _GENERATION_KEYS
 class LxmertConfig:
     """Configuration of LXMERT (Tan & Bansal, 2019), field-for-field transformers' LxmertConfig."""
 
+    model_type = MODEL_TYPE     # class attributes, as transformers' (not fields)
+    sub_configs = {}            # no nested configs
+    is_encoder_decoder = False
+
     vocab_size: int = 30522
     hidden_size: int = 768
     num_attention_heads: int = 12
@@ -104,9 +108,6 @@ class LxmertConfig:
     def __post_init__(self):
         self._check_ints()
         self._check_probs()
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"LxmertConfig.hidden_size={self.hidden_size} is not a multiple of "
-                             f"num_attention_heads={self.num_attention_heads}")
         for name, allowed in (("hidden_act", HIDDEN_ACTS), ("kernel_impl", KERNEL_IMPLS),
                               ("qa_loss", QA_LOSSES)):
             if getattr(self, name) not in allowed:
@@ -146,6 +147,22 @@ class LxmertConfig:
             value = getattr(self, name)
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"LxmertConfig.{name}={value} must be in [0, 1)")
+
+    def check_buildable(self):
+        """The checks transformers makes when a model is built, not when the config is: a
+        config with ``hidden_size`` not a multiple of ``num_attention_heads`` can be made,
+        saved and edited (transformers' LxmertConfig accepts it too)."""
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"LxmertConfig.hidden_size={self.hidden_size} is not a multiple of "
+                             f"num_attention_heads={self.num_attention_heads}")
+
+    def get_text_config(self, decoder=None, encoder=None) -> "LxmertConfig":
+        """transformers' accessor of the text part of a composite config: LXMERT's is itself."""
+        return self
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict
 
     @property
     def num_hidden_layers(self) -> Dict[str, int]:
@@ -192,6 +209,15 @@ class LxmertConfig:
         out["model_type"] = MODEL_TYPE
         out["num_hidden_layers"] = self.num_hidden_layers
         return out
+
+    def to_diff_dict(self) -> Dict[str, Any]:
+        """``to_dict`` without the generic fields still at their defaults (transformers'
+        ``to_diff_dict``: every LXMERT field is kept, the PretrainedConfig ones only when set)."""
+        generic = {"output_attentions": False, "output_hidden_states": False,
+                   "return_dict": True, "architectures": None, "id2label": None,
+                   "label2id": None, "dtype": None}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in generic or v != generic[k]}
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"

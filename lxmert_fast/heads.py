@@ -195,6 +195,9 @@ def _mlm_rows(language_output, labels, mlm_positions):
 class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
     """LXMERT with the pretraining heads: MLM, matching, masked-object (obj/attr/feat), QA."""
 
+    _tied_weights_keys = {"cls.predictions.decoder.weight":
+                          "lxmert.embeddings.word_embeddings.weight"}
+
     def __init__(self, config: LxmertConfig):
         super().__init__(config)
         self.num_qa_labels = config.num_qa_labels
@@ -251,7 +254,8 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
     def forward(self, input_ids=None, visual_feats=None, visual_pos=None, attention_mask=None,
                 visual_attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 obj_labels=None, matched_label=None, ans=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None, mlm_positions="all"):
+                output_hidden_states=None, return_dict=None, mlm_positions="all",
+                masked_lm_labels=None):
         """transformers' arguments, plus ``mlm_positions``: "all" (default, transformers'
         behaviour: ``prediction_logits`` (B, L, vocab)) or "labeled": with ``labels`` given, the
         MLM head runs only where ``labels != -100`` and ``prediction_logits`` is (N, vocab) for
@@ -259,7 +263,9 @@ class LxmertForPreTraining(_QAHeadMixin, LxmertPreTrainedModel):
         and its softmax are the largest head: a training loop wants this), or a position tensor
         from ``mlm_gather_index(labels)`` (made where the labels are on the host): the head runs
         on those C rows, every labeled token and padding, ``prediction_logits`` (C, vocab): the
-        same loss and gradients with static shapes and no host synchronisation (train.py)."""
+        same loss and gradients with static shapes and no host synchronisation (train.py).
+        ``masked_lm_labels``: the old name of ``labels`` (a FutureWarning, as transformers 4)."""
+        labels = losses.legacy_mlm_labels(labels, masked_lm_labels)
         return_dict = self.config.return_dict if return_dict is None else return_dict
         cfg = self.config
         want_states = cfg.output_hidden_states if output_hidden_states is None \

@@ -1,9 +1,9 @@
-"""LXMERT (Tan & Bansal, EMNLP 2019, arXiv 1908.07490): ``LxmertModel`` and the shared base class.
+"""LXMERT (Tan & Bansal, EMNLP 2019, arXiv 1908.07490): ``LxmertModel``, the backbone.
 
 A drop-in for transformers' ``LxmertModel``: same constructor, forward arguments, output fields and
 state_dict keys. The building blocks (``lxmert_fast.modeling_layers``, re-exported here) call the
 fused operations through ``lxmert_fast.ops`` only; ``config.kernel_impl`` picks the reference or the
-kernels at call time.
+kernels at call time. The base class with transformers' model API is ``lxmert_fast.modeling_base``.
 
 Differences from transformers, by design:
 - Masks are boolean key-padding masks. A query whose keys are ALL masked (e.g. an image with every
@@ -23,9 +23,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from lxmert_fast import checkpoint
-from lxmert_fast import modeling_resize as resize
 from lxmert_fast.config import LxmertConfig
+from lxmert_fast.modeling_base import LxmertPreTrainedModel  # noqa: F401  (re-exported)
 from lxmert_fast.modeling_layers import (  # noqa: F401  (re-exported building blocks)
     ACTIVATIONS, LxmertAttention, LxmertAttentionOutput, LxmertCrossAttentionLayer,
     LxmertEmbeddings, LxmertEncoder, LxmertIntermediate, LxmertLayer, LxmertOutput, LxmertPooler,
@@ -40,90 +39,6 @@ def key_padding_mask(mask: Optional[torch.Tensor], shape, name: str) -> Optional
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(shape)}")
     return mask if mask.dtype == torch.bool else mask != 0
-
-
-class LxmertPreTrainedModel(nn.Module):
-    """Weight init as transformers (normal(0, initializer_range), zero biases, unit LayerNorms,
-    zero padding rows), config handling, and transformers-format save/load."""
-
-    config_class = LxmertConfig
-    base_model_prefix = "lxmert"
-
-    def __init__(self, config: LxmertConfig):
-        if not isinstance(config, LxmertConfig):
-            raise TypeError(f"{type(self).__name__} needs an LxmertConfig, got "
-                            f"{type(config).__name__}")
-        super().__init__()
-        self.config = config
-
-    def _init_weights(self, module: nn.Module):
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.padding_idx is not None:
-                with torch.no_grad():
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-    @torch.no_grad()
-    def post_init(self):
-        self.apply(self._init_weights)
-        self.tie_weights()
-
-    def tie_weights(self):
-        """Models with an MLM decoder share its weight with the word embeddings."""
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return getattr(self, self.base_model_prefix).get_input_embeddings()
-
-    def get_output_embeddings(self) -> Optional[nn.Linear]:
-        return None
-
-    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None,
-                                pad_to_multiple_of: Optional[int] = None,
-                                mean_resizing: bool = True) -> nn.Embedding:
-        """transformers' ``resize_token_embeddings``: the word embedding (and any vocabulary-sized
-        head) to ``new_num_tokens`` rounded up to ``pad_to_multiple_of``; old rows kept, added
-        rows initialised per ``lxmert_fast.modeling_resize``; ``config.vocab_size`` updated and the
-        MLM decoder re-tied. Both arguments None: nothing changes. Returns the embedding module."""
-        embedding = self.get_input_embeddings()
-        if new_num_tokens is None and pad_to_multiple_of is None:
-            return embedding
-        size = resize.new_vocab_size(embedding.num_embeddings, new_num_tokens, pad_to_multiple_of)
-        std = self.config.initializer_range
-        resize.resize_embedding_(embedding, size, mean_resizing, std)
-        self._resize_vocab_heads(size, mean_resizing)
-        self.config.vocab_size = size
-        self.tie_weights()
-        return embedding
-
-    def _resize_vocab_heads(self, size: int, mean_resizing: bool):
-        """Resize the heads whose outputs are the vocabulary (none in the backbone)."""
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
-
-    @classmethod
-    def from_pretrained(cls, path: str, **kwargs):
-        """Load a transformers-format directory; see ``lxmert_fast.checkpoint.load_pretrained``."""
-        return checkpoint.load_pretrained(cls, path, **kwargs)
-
-    def save_pretrained(self, save_directory: str, safe_serialization: bool = True) -> str:
-        return checkpoint.save_pretrained(self, save_directory, safe_serialization)
 
 
 class LxmertModel(LxmertPreTrainedModel):

@@ -7,11 +7,20 @@ the reference or the kernels at call time. A linear bias that precedes a fused o
 as ``x_bias`` (``F.linear(x, dense.weight)``) so the kernel fuses the bias add. Such a module
 reads its children's parameters inside its own forward; DeepSpeed ZeRO-3 detects that access and
 registers them as the module's external parameters (gathered for its forward and backward).
+
+A Linear that is not a plain ``nn.Linear`` (a PEFT LoRA wrapper, a quantized subclass) is called
+as a module instead: its output is what the wrapper computes, and only the op after it is fused.
+``LxmertEncoder`` checkpoints each layer (``torch.utils.checkpoint``, non-reentrant) when
+``gradient_checkpointing`` is set and the model is training: the forward is recomputed in the
+backward with torch's CPU and CUDA RNG states restored, so dropout (torch's, and the kernels',
+whose seeds come from those generators) draws the same masks.
 """
+import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from lxmert_fast import ops
@@ -25,6 +34,11 @@ ACTIVATIONS = {
 }
 
 
+def plain(*linears: nn.Module) -> bool:
+    """True when every module is exactly ``nn.Linear``: its weight may be read directly."""
+    return all(type(m) is nn.Linear for m in linears)
+
+
 def _p(dropout: nn.Dropout) -> float:
     """The dropout probability to pass to a fused op: 0 outside training."""
     return dropout.p if dropout.training else 0.0
@@ -32,7 +46,7 @@ def _p(dropout: nn.Dropout) -> float:
 
 def bias_act(x: torch.Tensor, linear: nn.Linear, act: str, impl: str) -> torch.Tensor:
     """act(x W^T + b); the erf GeLU goes through the fused ``bias_gelu``."""
-    if act in ("gelu", "gelu_python"):
+    if act in ("gelu", "gelu_python") and plain(linear) and linear.bias is not None:
         return ops.bias_gelu(F.linear(x, linear.weight), linear.bias, impl=impl)
     return ACTIVATIONS[act](linear(x))
 
@@ -82,6 +96,9 @@ class LxmertAttention(nn.Module):
         along dim 2 are the (B, L, H, D) views the attention ops read with their strides (one
         GEMM and one gradient accumulation instead of three; the parameters stay per name)."""
         linears = [getattr(self, name) for name in names]
+        if not plain(*linears):  # wrapped projections (e.g. LoRA): each module's own forward
+            out = torch.stack([m(x) for m in linears], dim=-2)  # (B, L, len(names), hidden)
+            return out.view(*out.shape[:-1], self.num_attention_heads, self.attention_head_size)
         weight = torch.cat([m.weight for m in linears])  # (len(names) * hidden, hidden)
         bias = torch.cat([m.bias for m in linears])
         out = F.linear(x, weight, bias)  # (B, L, len(names) * hidden)
@@ -116,10 +133,13 @@ class LxmertAttentionOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, input_tensor):
+        if plain(self.dense):
+            x, x_bias = F.linear(hidden_states, self.dense.weight), self.dense.bias
+        else:
+            x, x_bias = self.dense(hidden_states), None
         return ops.dropout_add_layer_norm(
-            F.linear(hidden_states, self.dense.weight), input_tensor, self.LayerNorm.weight,
-            self.LayerNorm.bias, self.LayerNorm.eps, _p(self.dropout), x_bias=self.dense.bias,
-            impl=self.config.kernel_impl)
+            x, input_tensor, self.LayerNorm.weight, self.LayerNorm.bias, self.LayerNorm.eps,
+            _p(self.dropout), x_bias=x_bias, impl=self.config.kernel_impl)
 
 
 class LxmertOutput(LxmertAttentionOutput):
@@ -238,6 +258,10 @@ class LxmertVisualFeatureEncoder(nn.Module):
         if not torch.is_autocast_enabled(visual_feats.device.type):  # e.g. float16 stored features
             dtype = self.visn_fc.weight.dtype
             visual_feats, visual_pos = visual_feats.to(dtype), visual_pos.to(dtype)
+        if not plain(self.visn_fc, self.box_fc):
+            feats = self.visn_layer_norm(self.visn_fc(visual_feats))
+            boxes = self.box_layer_norm(self.box_fc(visual_pos))
+            return self.dropout((feats + boxes) * 0.5)
         return ops.visual_feat_encoder(
             visual_feats, visual_pos, self.visn_fc.weight, self.visn_fc.bias,
             self.visn_layer_norm.weight, self.visn_layer_norm.bias, self.box_fc.weight,
@@ -257,21 +281,39 @@ class LxmertEncoder(nn.Module):
         self.layer = nn.ModuleList([LxmertLayer(config) for _ in range(config.l_layers)])
         self.x_layers = nn.ModuleList([LxmertXLayer(config) for _ in range(config.x_layers)])
         self.r_layers = nn.ModuleList([LxmertLayer(config) for _ in range(config.r_layers)])
+        self.gradient_checkpointing = False
+        self._checkpoint = functools.partial(torch.utils.checkpoint.checkpoint,
+                                             use_reentrant=False)
+
+    def set_checkpointing(self, enable: bool, **checkpoint_kwargs):
+        """Checkpoint every layer (language, object-relationship, cross-modality) in training;
+        ``checkpoint_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default
+        ``use_reentrant=False``)."""
+        self.gradient_checkpointing = bool(enable)
+        self._checkpoint = functools.partial(torch.utils.checkpoint.checkpoint,
+                                             **{"use_reentrant": False, **checkpoint_kwargs})
+
+    def _run(self, layer, *args):
+        """``layer(*args)``, through the activation checkpoint when it is on and grads flow."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return self._checkpoint(layer, *args)
+        return layer(*args)
 
     def forward(self, lang, lang_mask, visual_feats, visual_pos, visn_mask=None,
                 output_attentions=False):
         visn = self.visn_fc(visual_feats, visual_pos)
         lang_states, visn_states, lang_att, visn_att, cross_att = [], [], [], [], []
         for layer in self.layer:
-            lang, probs = layer(lang, lang_mask, output_attentions)
+            lang, probs = self._run(layer, lang, lang_mask, output_attentions)
             lang_states.append(lang)
             lang_att.append(probs)
         for layer in self.r_layers:
-            visn, probs = layer(visn, visn_mask, output_attentions)
+            visn, probs = self._run(layer, visn, visn_mask, output_attentions)
             visn_states.append(visn)
             visn_att.append(probs)
         for layer in self.x_layers:
-            lang, visn, probs = layer(lang, lang_mask, visn, visn_mask, output_attentions)
+            lang, visn, probs = self._run(layer, lang, lang_mask, visn, visn_mask,
+                                          output_attentions)
             lang_states.append(lang)
             visn_states.append(visn)
             cross_att.append(probs)

@@ -17,12 +17,27 @@ The original repository's recipe, available as options:
 One deliberate difference: where every label of a cross-entropy term is -100 (no masked token in
 the batch, no QA label), transformers returns NaN; we return 0 (with zero gradients).
 """
+import warnings
 from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+
+
+def legacy_mlm_labels(labels, masked_lm_labels):
+    """``labels``, or ``masked_lm_labels`` (its old name) with a FutureWarning, as transformers
+    4 did; giving both is an error. (transformers 5 swallows ``masked_lm_labels`` in ``**kwargs``
+    and computes no MLM loss.)"""
+    if masked_lm_labels is None:
+        return labels
+    if labels is not None:
+        raise ValueError("LxmertForPreTraining: give labels or masked_lm_labels (its old name), "
+                         "not both")
+    warnings.warn("LxmertForPreTraining: masked_lm_labels is deprecated; use labels",
+                  FutureWarning, stacklevel=3)
+    return masked_lm_labels
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, name: str) -> torch.Tensor:

@@ -1,5 +1,10 @@
 """Initialising a fine-tuning model from pretrained weights, on state_dict tensors.
 
+``take_answer_head`` splits the pretraining answer head off a state dict before the model loads
+the rest through ``from_pretrained``'s path (``lxmert_fast.modeling_loading.load_into``);
+``transfer_answer_rows`` then builds the classifier by answer string (``tasks/modelinit.py``).
+``init_from_pretrained`` does the whole transfer on state dicts alone.
+
 The encoder (``lxmert.*``) is copied as is. The QA head (``answer_head.logit_fc``: Linear
 768->1536, GeLU, LayerNorm, Linear 1536->num_answers) keeps its first layers and takes the rows
 of its last Linear from the pretraining 9500-way head by answer string, as the original's
@@ -59,6 +64,18 @@ def transfer_answer_rows(src_weight: torch.Tensor, src_bias: torch.Tensor,
             weight[label] = 0.0
             bias[label] = 0.0
     return weight, bias, matched
+
+
+def take_answer_head(state: Dict[str, torch.Tensor], transfer: bool):
+    """Remove the pretraining answer head from ``state`` (our key names), in place: its
+    classifier only when ``transfer`` (its first layers then load as they are), all of it
+    otherwise (the head stays fresh). Returns the classifier's (weight, bias), or None when
+    ``state`` has none or nothing is transferred."""
+    head = {k: state.pop(k) for k in [k for k in state
+                                     if k.startswith(LAST if transfer else HEAD_PREFIX)]}
+    if not transfer or LAST + "weight" not in head or LAST + "bias" not in head:
+        return None
+    return head[LAST + "weight"], head[LAST + "bias"]
 
 
 def _copy_matching(target: Dict[str, torch.Tensor], source: Mapping[str, torch.Tensor],

@@ -6,18 +6,22 @@ the same task (``--eval_only``, continuing).
 As the original (``src/tasks/vqa_model.py``): VQA/GQA use the answer head
 768 -> 1536 -> GeLU -> LN -> num_answers (``LxmertForQuestionAnswering``, ``config.qa_loss``),
 NLVR2 the pair head (``LxmertForNLVR2``); the encoder comes from pretraining, heads start fresh
-unless the pretraining QA head has the answer.
+unless the pretraining QA head has the answer. Weights load through ``from_pretrained``'s path
+(``lxmert_fast.modeling_loading``): the same key mapping, checks and report.
 """
 import json
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence
+
+import torch
 
 from lxmert_fast import LxmertConfig, LxmertForNLVR2, LxmertForQuestionAnswering
-from lxmert_fast import checkpoint as ckpt
+from lxmert_fast import modeling_loading
 
 from lxmert_fast.data.answers import AnswerTable, convert_ans
 
-from .head_transfer import init_from_pretrained
+from .head_transfer import (ENCODER_PREFIX, HeadTransferError, take_answer_head,
+                            transfer_answer_rows)
 
 ANSWER_TABLE_NAMES = ("answer_table.json", "qa_answers.json", "all_ans.json")
 
@@ -72,16 +76,32 @@ def is_task_checkpoint(path: str, task: str) -> bool:
     return model_class(task).__name__ in arch
 
 
-def _pretrained_state(path: str, model) -> Tuple[Dict, Optional[LxmertConfig]]:
-    """(state_dict with our key names, its config or None) of a directory or an original .pth."""
-    if os.path.isdir(path):
-        return ckpt.adapt_prefix(model, ckpt.read_state_dict(path)), \
-            LxmertConfig.from_pretrained(path)
-    if os.path.isfile(path):
-        import torch
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        return ckpt.map_original_keys(model, raw), None
-    raise FileNotFoundError(f"--from_pretrained {path}: no such directory or file")
+def _init_from(model, path: str, answers, src_index, unmatched: str) -> dict:
+    """Load ``path`` (a directory or an original .pth) into the fresh task model through
+    from_pretrained's path: the encoder must be complete; the pretraining heads are dropped;
+    the QA head's first layers load and its classifier takes rows by answer string when
+    ``answers`` and ``src_index`` are given, else the head stays fresh."""
+    state = modeling_loading.normalize_keys(model, modeling_loading.read_weights(path))
+    transfer = hasattr(model, "answer_head") and answers is not None and src_index is not None
+    classifier = take_answer_head(state, transfer)
+    load = modeling_loading.load_into(model, state, path)
+    encoder = [k for k in sorted(load["missing_keys"]) if k.startswith(ENCODER_PREFIX)]
+    if encoder:
+        raise HeadTransferError(f"{path}: pretrained weights lack {encoder[0]!r} "
+                                f"({len(encoder)} encoder tensors missing)")
+    info = {"encoder_tensors": sum(k.startswith(ENCODER_PREFIX) for k in state),
+            "answers_loaded": 0, "answers_fresh": len(answers or []), "head": "fresh"}
+    if classifier is None:
+        return info
+    last = model.answer_head.logit_fc[-1]
+    weight, bias, matched = transfer_answer_rows(*classifier, src_index, last.weight, last.bias,
+                                                 answers, unmatched)
+    with torch.no_grad():
+        last.weight.copy_(weight)
+        last.bias.copy_(bias)
+    info.update(head="transferred", answers_loaded=len(matched),
+                answers_fresh=len(answers) - len(matched))
+    return info
 
 
 def build_task_model(task: str, config: LxmertConfig, answers: Optional[Sequence[str]] = None,
@@ -94,7 +114,8 @@ def build_task_model(task: str, config: LxmertConfig, answers: Optional[Sequence
     num = None if task == "nlvr2" else len(answers)
     if from_pretrained and is_task_checkpoint(from_pretrained, task):
         overrides = {} if qa_loss is None or task == "nlvr2" else {"qa_loss": qa_loss}
-        model = cls.from_pretrained(from_pretrained, **overrides)
+        model = cls.from_pretrained(from_pretrained, strict=True, dtype=torch.float32,
+                                    **overrides)
         if num is not None and model.config.num_qa_labels != num:
             raise ValueError(f"{from_pretrained} has {model.config.num_qa_labels} answers, the "
                              f"answer table has {num}")
@@ -102,15 +123,15 @@ def build_task_model(task: str, config: LxmertConfig, answers: Optional[Sequence
         return model, {"init": "task_checkpoint", "path": from_pretrained}
     if from_pretrained and os.path.isdir(from_pretrained):
         config = LxmertConfig.from_pretrained(from_pretrained)
+    elif from_pretrained and not os.path.isfile(from_pretrained):
+        raise FileNotFoundError(f"--from_pretrained {from_pretrained}: no such directory or file")
     model = cls(_task_config(config, task, num, qa_loss))
     if not from_pretrained:
         return model, {"init": "scratch"}
-    state, _ = _pretrained_state(from_pretrained, model)
     table = pretrain_answers or (find_answer_table(from_pretrained)
                                  if os.path.isdir(from_pretrained) else None)
     src_index = pretrain_answer_index(table) if table else None
-    full, info = init_from_pretrained(model.state_dict(), state,
-                                      None if task == "nlvr2" else answers, src_index, unmatched)
-    ckpt.check_and_load(model, full, strict=True, source=from_pretrained)
+    info = _init_from(model, from_pretrained, None if task == "nlvr2" else answers, src_index,
+                      unmatched)
     info.update(init="pretrained", path=from_pretrained, answer_table=table)
     return model, info

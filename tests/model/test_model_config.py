@@ -94,7 +94,6 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(hidden_size=100, num_attention_heads=12), "hidden_size=100 is not a multiple"),
     (dict(kernel_impl="cuda"), "kernel_impl='cuda'"),
     (dict(qa_loss="mse"), "qa_loss='mse'"),
     (dict(hidden_act="gelu2"), "hidden_act='gelu2'"),
