@@ -70,13 +70,25 @@ class LxmertPreTrainedModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self):
-        """Initialise every weight (``_init_weights``) and tie the MLM decoder, as transformers."""
-        self.apply(self._init_weights)
+        """Initialise the modules not initialised yet and tie the MLM decoder, as transformers 5:
+        each module once (flagged ``_is_hf_initialized``), so calling it on a built or loaded
+        model initialises only modules added since (a replaced head), leaving trained weights."""
+        def init(module):
+            if not getattr(module, "_is_hf_initialized", False):
+                self._init_weights(module)
+                module._is_hf_initialized = True
+        self.apply(init)
         self.tie_weights()
 
+    @torch.no_grad()
     def post_init(self):
-        """Called at the end of each model's ``__init__``."""
-        self.init_weights()
+        """Called at the end of each model's ``__init__``: every module initialised (a head
+        model's backbone a second time: the random stream the package has always drawn) and
+        flagged for ``init_weights``."""
+        self.apply(self._init_weights)
+        for module in self.modules():
+            module._is_hf_initialized = True
+        self.tie_weights()
 
     def tie_weights(self):
         """Models with an MLM decoder share its weight with the word embeddings."""
