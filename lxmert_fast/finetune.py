@@ -46,6 +46,8 @@ def build(args, info):
         runner.plan_steps(args, len(data.train), ds_config["train_batch_size"])
     env.seed_everything(args.seed, 0)        # identical initial weights on every rank
     model, init = runner.build_model(args, data)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     if env.rank() == 0:
         runner.save_run_info(args, data, model.config, ds_config, info["world_size"], init)
     engine = build_engine(model, ds_config, args.max_steps, args.warmup_ratio,

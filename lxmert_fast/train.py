@@ -43,6 +43,8 @@ def build(args, info):
         pretrain.save_run_info(args, data, config, ds_config, info["world_size"])
     env.seed_everything(args.seed, 0)        # identical initial weights on every rank
     model = LxmertForPreTraining(config)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     engine = build_engine(model, ds_config, args.max_steps, args.warmup_ratio, args.lr)
     compile_engine(engine, args.compile, info["device"], env.rank())
     sampler = ResumableBatchSampler(len(data.train), engine.train_micro_batch_size_per_gpu(),

@@ -39,6 +39,7 @@ class RunArgs:
     kernel_impl: str = "auto"
     compile: str = "auto"                 # torch.compile mode (training/compile.py)
     num_workers: Optional[int] = None     # DataLoader workers (None: 0 on CPU, 4 on GPU)
+    gradient_checkpointing: bool = False  # recompute the encoder layers in the backward
     no_tensorboard: bool = False
     no_progress: bool = False
     deepspeed_config: Optional[str] = None
@@ -126,6 +127,8 @@ def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--compile", default="auto", choices=COMPILE_MODES, help="torch.compile the training step "
       "(auto: 'reduce-overhead', i.e. with CUDA graphs, on CUDA; off on CPU)")
     a("--num_workers", type=int, help="DataLoader workers per rank")
+    a("--gradient_checkpointing", action="store_true", help="activation checkpointing: "
+      "recompute each encoder layer in the backward (less memory, one more forward)")
     a("--no_tensorboard", action="store_true")
     a("--no_progress", action="store_true", help="no tqdm bar")
     a("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
