@@ -32,6 +32,6 @@ setup(
         "triton": ["triton>=3.0"],
         "train": ["deepspeed>=0.15", "tensorboard", "matplotlib", "ninja"],
         "dev": ["pytest", "pytest-benchmark", "transformers>=4.40", "triton>=3.0",
-                "deepspeed>=0.15", "tensorboard", "matplotlib", "ninja"],
+                "deepspeed>=0.15", "tensorboard", "matplotlib", "ninja", "peft>=0.21"],
     },
 )
