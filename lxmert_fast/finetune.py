@@ -39,7 +39,7 @@ def build(args, info):
         raise FileExistsError(f"{args.output_dir} already holds checkpoints: pass --resume to "
                               f"continue that run, or choose another --output_dir")
     data = runner.build_data(args)
-    env.init_distributed()
+    env.init_distributed(args.dist_timeout)
     if args.eval_only:
         args.max_steps, args.save_steps = args.max_steps or 1, args.save_steps or 1
     else:
@@ -100,8 +100,11 @@ def train(args, data, engine, sampler, ckpt, start, init):
 def evaluate_only(args, data, engine, start):
     from lxmert_fast.tasks import runner
 
+    from lxmert_fast.training import dist_watch
+
     evaluate = runner.Evaluator(args, data, engine.train_micro_batch_size_per_gpu(), print)
-    return evaluate(engine, step=start)
+    with dist_watch.waiting(f"evaluation (--eval_only) of step {start}"):
+        return evaluate(engine, step=start)
 
 
 def main(argv=None):

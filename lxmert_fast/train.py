@@ -37,7 +37,7 @@ def build(args, info):
         raise FileExistsError(f"{args.output_dir} already holds checkpoints: pass --resume to "
                               f"continue that run, or choose another --output_dir")
     data = pretrain.build_data(args)
-    env.init_distributed()
+    env.init_distributed(args.dist_timeout)
     config = pretrain.model_config(args, data)
     if env.rank() == 0:
         pretrain.save_run_info(args, data, config, ds_config, info["world_size"])

@@ -302,11 +302,12 @@ def save_final_model(engine, output_dir: str) -> str:
     task's answer tables (loads with ``--from_pretrained DIR --eval_only``): the training
     package's export of the final checkpoint (any ZeRO stage), on rank 0; the export copies the
     tables ``save_run_info`` wrote into the run directory."""
-    from lxmert_fast.training import env
+    from lxmert_fast.training import dist_watch, env
     from lxmert_fast.training.export import export
 
     path = os.path.join(output_dir, "model")
-    if env.rank() == 0:
-        export(output_dir, path)
-    env.barrier()
+    with dist_watch.waiting("exporting the final model (rank 0; the other ranks wait)"):
+        if env.rank() == 0:
+            export(output_dir, path)
+        env.barrier()
     return path

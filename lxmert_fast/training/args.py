@@ -39,6 +39,7 @@ class RunArgs:
     kernel_impl: str = "auto"
     compile: str = "auto"                 # torch.compile mode (training/compile.py)
     num_workers: Optional[int] = None     # DataLoader workers (None: 0 on CPU, 4 on GPU)
+    dist_timeout: float = 1800.0          # seconds a rank may wait on the others (dist_watch)
     gradient_checkpointing: bool = False  # recompute the encoder layers in the backward
     no_tensorboard: bool = False
     no_progress: bool = False
@@ -53,6 +54,8 @@ class RunArgs:
             raise ValueError(f"--warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"--lr={self.lr} must be > 0")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"--dist_timeout={self.dist_timeout} must be > 0 seconds")
         if self.kernel_impl not in KERNEL_IMPLS:
             raise ValueError(f"--kernel_impl={self.kernel_impl!r} is not one of {KERNEL_IMPLS}")
         if self.compile not in COMPILE_MODES:
@@ -127,6 +130,10 @@ def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--compile", default="auto", choices=COMPILE_MODES, help="torch.compile the training step "
       "(auto: 'reduce-overhead', i.e. with CUDA graphs, on CUDA; off on CPU)")
     a("--num_workers", type=int, help="DataLoader workers per rank")
+    a("--dist_timeout", type=float, default=RunArgs.dist_timeout, help="seconds a rank may wait "
+      "on the others (a collective, a step, a checkpoint save) before every waiting rank prints "
+      "its rank, step and operation and exits; must outlast the longest legitimate wait "
+      "(README, Reliability)")
     a("--gradient_checkpointing", action="store_true", help="activation checkpointing: "
       "recompute each encoder layer in the backward (less memory, one more forward)")
     a("--no_tensorboard", action="store_true")

@@ -26,7 +26,7 @@ import shutil
 import torch
 
 from . import checkpoint_manifest as mf
-from . import checkpoint_reshard, env
+from . import checkpoint_reshard, dist_watch, env
 from .checkpoint_select import (CheckpointError, choose, gather_objects, has_any, read_latest,
                                 step_dirs, step_of)
 
@@ -81,10 +81,12 @@ class Checkpointer:
         state = dict(client_state, step=step)
         error = None
         try:
-            engine.save_checkpoint(self.dir, tag=tag, client_state=state, save_latest=False)
+            with dist_watch.waiting(f"saving checkpoint {tag}: DeepSpeed's files"):
+                engine.save_checkpoint(self.dir, tag=tag, client_state=state, save_latest=False)
         except Exception as e:  # noqa: BLE001  (agreed across ranks below, then raised)
             error = e
-            env.barrier()   # DeepSpeed's save ends in a barrier the other ranks are waiting in
+            with dist_watch.waiting(f"saving checkpoint {tag}: after a failed save"):
+                env.barrier()   # DeepSpeed's save ends in a barrier the other ranks wait in
         entries = self._agree(tag, step, "writing", lambda: self._finish_rank(tag_dir), error)
         meta = {"tag": tag, "step": step, "world_size": env.world_size(),
                 "zero_stage": engine.zero_optimization_stage(),
@@ -98,19 +100,20 @@ class Checkpointer:
     def _agree(self, tag: str, step: int, what: str, fn, error: BaseException = None) -> list:
         """Run fn on every rank (unless it already failed); all ranks raise if any failed."""
         result = None
-        if error is None:
-            try:
-                result = fn()
-            except Exception as e:  # noqa: BLE001
-                error = e
-        results = gather_objects((result, None if error is None else _describe(error)))
-        failed = [(r, msg) for r, (_, msg) in enumerate(results) if msg]
-        if not failed:
-            return [res for res, _ in results]
-        tag_dir = os.path.join(self.dir, tag)
-        if env.rank() == 0 and read_latest(self.dir)[0] != tag:
-            shutil.rmtree(tag_dir, ignore_errors=True)
-        env.barrier()
+        with dist_watch.waiting(f"saving checkpoint {tag}: {what}"):
+            if error is None:
+                try:
+                    result = fn()
+                except Exception as e:  # noqa: BLE001
+                    error = e
+            results = gather_objects((result, None if error is None else _describe(error)))
+            failed = [(r, msg) for r, (_, msg) in enumerate(results) if msg]
+            if not failed:
+                return [res for res, _ in results]
+            tag_dir = os.path.join(self.dir, tag)
+            if env.rank() == 0 and read_latest(self.dir)[0] != tag:
+                shutil.rmtree(tag_dir, ignore_errors=True)
+            env.barrier()
         causes = "; ".join(f"rank {r}: {msg}" for r, msg in failed)
         previous, _ = read_latest(self.dir)
         raise CheckpointSaveError(
@@ -165,6 +168,10 @@ class Checkpointer:
     def load(self, engine, tag=None):
         """Verify, fall back if needed, load model, optimizer, scheduler, loss scaler and this
         rank's RNG -> the client state; None when the run never completed a checkpoint."""
+        with dist_watch.waiting(f"resuming: verifying and loading a checkpoint of {self.dir}"):
+            return self._load(engine, tag)
+
+    def _load(self, engine, tag):
         choice = choose(self.dir, tag)
         for note in choice.notes:
             _say(f"--resume: {note}")

@@ -16,7 +16,7 @@ import contextlib
 import os
 import shutil
 
-from . import env
+from . import dist_watch, env
 from .checkpoint_select import CheckpointError, gather_objects
 
 UNIVERSAL = "universal"
@@ -38,12 +38,13 @@ def _convert(tag_dir: str, out: str) -> None:
 def _on_rank0(what: str, fn) -> None:
     """Run fn on rank 0; every rank raises CheckpointError naming `what` if it failed."""
     error = None
-    if env.rank() == 0:
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001  (reported on every rank, with the cause)
-            error = f"{e.__class__.__name__}: {e}"
-    error = gather_objects(error)[0]
+    with dist_watch.waiting(f"{what} (rank 0; the other ranks wait)"):
+        if env.rank() == 0:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001  (reported on every rank, with the cause)
+                error = f"{e.__class__.__name__}: {e}"
+        error = gather_objects(error)[0]
     if error:
         raise CheckpointError(f"{what} failed on rank 0: {error}")
 

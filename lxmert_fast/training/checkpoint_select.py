@@ -8,6 +8,9 @@ first. Each candidate is checked against its manifest (checkpoint_manifest.py): 
 its share of the files (writer rank modulo the current world size), the problems are gathered
 on every rank, and the first candidate without problems is chosen by all ranks alike. A
 checkpoint saved before manifests existed loads only when `latest` names it, unverified.
+`choose(..., collective=False)` is the one-process form (an export, which may run on rank 0 of a
+live process group while the other ranks wait elsewhere): this process checks every file and
+enters no collective.
 """
 import os
 import re
@@ -17,7 +20,7 @@ from typing import List, Optional
 import torch
 
 from . import checkpoint_manifest as mf
-from . import env
+from . import dist_watch, env
 
 TAG_RE = re.compile(r"^step_(\d+)$")
 
@@ -34,6 +37,9 @@ def gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (a plain list without a group)."""
     if not torch.distributed.is_initialized():
         return [obj]
+    if dist_watch.skip_collective():   # test hook: this rank enters another collective instead
+        torch.distributed.barrier()
+        return [obj] * env.world_size()
     out = [None] * env.world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
@@ -75,8 +81,9 @@ def step_dirs(ckpt_dir: str) -> list:
     return sorted(found, key=step_of)
 
 
-def _problems_here(tag_dir: str, named_by_latest: bool):
-    """(manifest or None, this rank's problems) for one candidate."""
+def _problems_here(tag_dir: str, named_by_latest: bool, collective: bool):
+    """(manifest or None, this rank's problems) for one candidate: its share of the files, or
+    every file when not `collective`."""
     try:
         body = mf.read_manifest(tag_dir)
     except mf.ManifestError as e:
@@ -86,17 +93,19 @@ def _problems_here(tag_dir: str, named_by_latest: bool):
             return None, []
         return None, [f"{tag_dir} has no {mf.MANIFEST} (a save that did not complete, or one "
                       f"written before manifests existed)"]
-    return body, mf.check_files(tag_dir, body["files"], env.rank(), env.world_size())
+    rank, world = (env.rank(), env.world_size()) if collective else (0, 1)
+    return body, mf.check_files(tag_dir, body["files"], rank, world)
 
 
-def verify(ckpt_dir: str, tag: str, named_by_latest: bool):
-    """(manifest, problems of every rank) of checkpoint `tag`, agreed across ranks."""
+def verify(ckpt_dir: str, tag: str, named_by_latest: bool, collective: bool = True):
+    """(manifest, problems of every rank) of checkpoint `tag`, agreed across ranks; with
+    `collective` False this process checks every file alone (no collective)."""
     tag_dir = os.path.join(ckpt_dir, tag)
     if not os.path.isdir(tag_dir):
         local = (None, [f"{tag_dir} does not exist"])
     else:
-        local = _problems_here(tag_dir, named_by_latest)
-    gathered = gather_objects(local[1])
+        local = _problems_here(tag_dir, named_by_latest, collective)
+    gathered = gather_objects(local[1]) if collective else [local[1]]
     return local[0], [p for rank_problems in gathered for p in rank_problems]
 
 
@@ -122,9 +131,10 @@ def candidates(ckpt_dir: str, requested: Optional[str]):
     return [latest] + [t for t in dirs[::-1] if step_of(t) < step_of(latest)], latest, notes
 
 
-def choose(ckpt_dir: str, requested: Optional[str] = None) -> Choice:
-    """The checkpoint to load, agreed by all ranks (collective). Choice.tag is None when the run
-    never completed a checkpoint (no `latest` and no manifest): training starts at step 0."""
+def choose(ckpt_dir: str, requested: Optional[str] = None, collective: bool = True) -> Choice:
+    """The checkpoint to load, agreed by all ranks (a collective: every rank calls it, or with
+    `collective` False one process alone). Choice.tag is None when the run never completed a
+    checkpoint (no `latest` and no manifest): training starts at step 0."""
     tags, latest, notes = candidates(ckpt_dir, requested)
     if not requested and not os.path.exists(os.path.join(ckpt_dir, "latest")) and not any(
             os.path.exists(os.path.join(ckpt_dir, t, mf.MANIFEST)) for t in tags):
@@ -133,7 +143,8 @@ def choose(ckpt_dir: str, requested: Optional[str] = None) -> Choice:
         return Choice(None, None, notes)
     failed = []
     for tag in tags:
-        manifest, problems = verify(ckpt_dir, tag, named_by_latest=tag in (latest, requested))
+        manifest, problems = verify(ckpt_dir, tag, named_by_latest=tag in (latest, requested),
+                                    collective=collective)
         if not problems:
             if failed:
                 notes.append(f"falling back to {tag}, the newest checkpoint that verifies")

@@ -13,6 +13,8 @@ import socket
 import numpy as np
 import torch
 
+from . import dist_watch
+
 _RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
 
@@ -51,11 +53,13 @@ def setup_environment() -> dict:
     return info
 
 
-def init_distributed() -> None:
-    """Start the process group (nccl on GPU, gloo on DeepSpeed's CPU accelerator)."""
+def init_distributed(timeout_s: float = dist_watch.DEFAULT_TIMEOUT_S) -> None:
+    """Start the process group (nccl on GPU, gloo on DeepSpeed's CPU accelerator) and arm the
+    watchdog that stops a rank waiting on the others longer than `timeout_s` (dist_watch.py)."""
     import deepspeed
 
-    deepspeed.init_distributed()
+    deepspeed.init_distributed(timeout=dist_watch.process_group_timeout(timeout_s))
+    dist_watch.configure(timeout_s, rank())
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -41,12 +41,14 @@ def _stage0_state_dict(tag_dir: str) -> dict:
 
 def verified_tag(output_dir: str, tag: str = None) -> str:
     """The checkpoint to export, verified against its manifest like a resume does: `tag`, or
-    `latest` with a fallback to the newest checkpoint that verifies (notes on stderr)."""
+    `latest` with a fallback to the newest checkpoint that verifies (notes on stderr). This
+    process checks every file and enters no collective: an export runs on one rank of a run
+    (finetune.py's final model) while the other ranks wait in a barrier."""
     ckpt_dir = Checkpointer(output_dir).dir
     if tag is not None and not os.path.isdir(os.path.join(ckpt_dir, tag)):
         raise FileNotFoundError(f"checkpoint {tag!r} not found in {ckpt_dir}: have "
                                 f"{step_dirs(ckpt_dir)}")
-    choice = choose(ckpt_dir, tag)
+    choice = choose(ckpt_dir, tag, collective=False)
     for note in choice.notes:
         print(f"export: {note}", file=sys.stderr)
     if choice.tag is None:

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from . import env
+from . import dist_watch, env
 from .engine import engine_dtype, to_device
 from .sampler import MicroBatch, ResumableBatchSampler
 
@@ -150,8 +150,10 @@ class _Logger:
         if not self.pending:
             return
         pending, self.pending = self.pending, []
-        reduced = _reduce(torch.stack([p.row for p in pending]), self.micro, self.task_names,
-                          [p.step for p in pending])
+        steps = [p.step for p in pending]
+        with dist_watch.waiting(f"gathering the losses of steps {steps[0]}-{steps[-1]}"):
+            reduced = _reduce(torch.stack([p.row for p in pending]), self.micro, self.task_names,
+                              steps)
         now = time.perf_counter()
         seconds = (now - self.since) / len(pending)
         self.since = now
@@ -173,13 +175,17 @@ def train(engine, sampler: ResumableBatchSampler, make_batch, forward, plan: Pla
     for step in range(start_step, end):
         lr = engine.get_lr()[0]
         rows = []
+        dist_watch.set_step(step + 1)
         for m in range(sampler.grad_accum):
             mb, batch = next(data)
             assert mb.step == step and mb.micro == m, (mb, step, m)
-            rows.append(micro_step(engine, forward, to_device(batch, device, dtype), task_names))
-            if engine.is_gradient_accumulation_boundary():
-                grad_norm = _grad_norm_before_step(engine)
-            engine.step()
+            with dist_watch.waiting(f"training step {step + 1}, micro-batch {m} (forward, "
+                                    f"backward, gradient reduction, optimizer step)"):
+                rows.append(micro_step(engine, forward, to_device(batch, device, dtype),
+                                       task_names))
+                if engine.is_gradient_accumulation_boundary():
+                    grad_norm = _grad_norm_before_step(engine)
+                engine.step()
         if grad_norm is None:
             grad_norm = engine.get_global_grad_norm()
         if isinstance(grad_norm, torch.Tensor):   # a copy: the engine may reuse its tensor
@@ -198,7 +204,9 @@ def train(engine, sampler: ResumableBatchSampler, make_batch, forward, plan: Pla
             checkpointer.save(engine, done, state)
         if run_eval:
             engine.eval()
-            metrics.log_eval(done, evaluate(engine))
+            with dist_watch.waiting(f"evaluation at step {done}"):
+                result = evaluate(engine)
+            metrics.log_eval(done, result)
             engine.train()
             log.reset_timer()
     log.flush()

@@ -1,5 +1,7 @@
-"""Helpers for the tests that launch lxmert_fast/train.py as real processes (one rank via
-`python`, several via the `deepspeed` launcher on DeepSpeed's CPU accelerator over gloo)."""
+"""Helpers for the tests that launch lxmert_fast/train.py (or finetune.py: `script=FINETUNE`) as
+real processes (one rank via `python`, several via the `deepspeed` launcher on DeepSpeed's CPU
+accelerator over gloo). A launch that outlives its timeout is killed (its whole process group)
+and fails the test with the output it printed."""
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "lxmert_fast", "train.py")
+FINETUNE = os.path.join(REPO, "lxmert_fast", "finetune.py")
 RANK_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
              "CUDA_VISIBLE_DEVICES")
 # tiny model on a 32-image synthetic world; a global batch of 8
@@ -36,40 +39,42 @@ def run_env(cache_dir, threads) -> dict:
     return env
 
 
-def command(args, ranks: int, launcher: bool):
+def command(args, ranks: int, launcher: bool, script: str = TRAIN):
     if ranks == 1 and not launcher:
-        return [sys.executable, TRAIN, *args]
+        return [sys.executable, script, *args]
     exe = shutil.which("deepspeed")
     head = [exe] if exe else [sys.executable, "-m", "deepspeed.launcher.runner"]
     if ranks == 1:
-        return head + ["--master_port", str(free_port()), TRAIN, *args]
-    return head + ["--num_gpus", str(ranks), "--master_port", str(free_port()), TRAIN, *args]
+        return head + ["--master_port", str(free_port()), script, *args]
+    return head + ["--num_gpus", str(ranks), "--master_port", str(free_port()), script, *args]
 
 
-def start(args, cache_dir, ranks=1, launcher=False, defaults=False, extra_env=None, cmd=None):
+def start(args, cache_dir, ranks=1, launcher=False, defaults=False, extra_env=None, cmd=None,
+          script=TRAIN):
     env = run_env(cache_dir, None if defaults else max(1, 2 // ranks))
     env.update(extra_env or {})
-    return subprocess.Popen(cmd or command(args, ranks, launcher), env=env,
+    return subprocess.Popen(cmd or command(args, ranks, launcher, script), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             start_new_session=True)
 
 
-def _wait(proc, timeout):
+def _wait(proc, timeout, what="train.py"):
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        raise AssertionError(f"train.py timed out after {timeout} s:\n{out[-6000:]}")
+        raise AssertionError(f"{what} timed out after {timeout} s:\n{out[-6000:]}")
     return out
 
 
 def run(args, cache_dir, ranks=1, timeout=600, check=True, launcher=False, defaults=False,
-        extra_env=None):
-    proc = start(args, cache_dir, ranks, launcher, defaults, extra_env)
-    out = _wait(proc, timeout)
+        extra_env=None, script=TRAIN, cmd=None):
+    proc = start(args, cache_dir, ranks, launcher, defaults, extra_env, cmd=cmd, script=script)
+    what = " ".join([os.path.basename(script)] + [str(a) for a in args[:4]])
+    out = _wait(proc, timeout, what)
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py exited {proc.returncode}:\n{out[-6000:]}")
+        raise AssertionError(f"{what} exited {proc.returncode}:\n{out[-6000:]}")
     return proc.returncode, out
 
 
