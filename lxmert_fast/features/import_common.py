@@ -8,93 +8,110 @@ objects_conf / attrs_conf float32. What a format does not hold is stored as ``MI
 weighting) with confidence 0 (so a confidence-weighted loss gives it weight 0 as well).
 
 Pickles: the MILVLG and MMF extractors store a dict in a 0-d object array, which only
-``pickle`` can read, and unpickling a file can run arbitrary code. ``read_array`` unpickles only
-when the caller passes ``allow_pickle=True``, which the importers do only for the formats whose
-extractor writes pickles (the user chose that format). Torch tensors inside such a pickle
+``pickle`` can read. ``read_array`` unpickles only when the caller passes ``allow_pickle=True``,
+which the importers do only for the formats whose extractor writes pickles, and then only
+through the restricted unpickler (``safe_pickle.py``: plain data, numpy arrays and torch tensors;
+any other global is refused, nothing in the file runs). Torch tensors inside such a pickle
 (MILVLG's d2 mode stores GPU tensors) are loaded onto the CPU.
 """
+import errno
 import io
 import math
-import pickle
 import zipfile
+import zlib
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from numpy.lib import format as npformat
 
+from . import safe_pickle
+from .errors import ImportFormatError
+
 MISSING_ID = -100           # lxmert_fast.modeling_losses.IGNORE_INDEX
 NUM_OBJECT_CLASSES = 1600   # Visual Genome classes of the BUTD detector (LxmertConfig)
 NUM_ATTR_CLASSES = 400
-
-
-class ImportFormatError(ValueError):
-    """An extractor's file that does not have the layout of its format; names file and key."""
 
 
 def fail(path, what: str):
     raise ImportFormatError(f"{path}: {what}")
 
 
-class _CpuUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that loads torch storages onto the CPU (a GPU tensor pickled by an
-    extractor otherwise needs CUDA to load)."""
-
-    def find_class(self, module, name):
-        if module == "torch.storage" and name == "_load_from_bytes":
-            return lambda b: torch.load(io.BytesIO(b), map_location="cpu", weights_only=False)
-        return super().find_class(module, name)
-
-
 _HEADER_READERS = {(1, 0): npformat.read_array_header_1_0,
                    (2, 0): npformat.read_array_header_2_0}
 
 
+def _remaining(fp) -> int:
+    here = fp.tell()
+    end = fp.seek(0, io.SEEK_END)
+    fp.seek(here)
+    return end - here
+
+
 def read_array(fp, path, key: str, allow_pickle: bool) -> np.ndarray:
-    """One array in .npy format from the open file ``fp``."""
+    """One array in .npy format from the open binary file ``fp``; an object array only with
+    ``allow_pickle``, through the restricted unpickler (``safe_pickle.load``)."""
     try:
         version = npformat.read_magic(fp)
         header = _HEADER_READERS.get(version)
         if header is None:
             raise ValueError(f"unsupported .npy format version {version}")
         shape, fortran, dtype = header(fp)
-    except ValueError as e:
-        fail(path, f"key {key!r}: not a .npy array ({e})")
+    except Exception as e:  # numpy's header parser raises ValueError, TokenError, ...
+        fail(path, f"key {key!r}: not a .npy array ({type(e).__name__}: {e})")
     if not dtype.hasobject:
         count = math.prod(shape)
-        data = fp.read(count * dtype.itemsize)
-        if len(data) != count * dtype.itemsize:
-            fail(path, f"key {key!r}: {len(data)} bytes of data, expected {shape} x "
-                       f"{dtype.itemsize} = {count * dtype.itemsize} (truncated)")
-        a = np.frombuffer(data, dtype=dtype, count=count)
-        return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+        size, left = count * dtype.itemsize, _remaining(fp)
+        if size > left:
+            fail(path, f"key {key!r}: {left} bytes of data, expected {shape} x "
+                       f"{dtype.itemsize} = {size} (truncated)")
+        try:
+            a = np.frombuffer(fp.read(size), dtype=dtype, count=count)
+            return a.reshape(shape[::-1]).T if fortran else a.reshape(shape)
+        except (ValueError, TypeError, OverflowError) as e:
+            fail(path, f"key {key!r}: {shape} x {dtype} is not an array numpy can hold ({e})")
     if not allow_pickle:
         fail(path, f"key {key!r} holds Python objects (a pickle), which this format never "
                    "writes: refusing to unpickle it")
-    try:
-        obj = _CpuUnpickler(fp).load()
-    except Exception as e:  # a corrupt pickle raises anything
-        fail(path, f"key {key!r}: cannot unpickle ({type(e).__name__}: {e})")
-    return obj
+    return safe_pickle.load(fp, path, key)
 
 
-def load_npy(path, allow_pickle: bool) -> np.ndarray:
+def load_npy(path, allow_pickle: bool, key: str = "<array>") -> np.ndarray:
+    """The array of a .npy file; ``key`` names it in errors."""
     with open(path, "rb") as f:
-        return read_array(f, path, "<array>", allow_pickle)
+        return read_array(f, path, key, allow_pickle)
+
+
+# what zipfile raises on a corrupt file (RuntimeError: a flag bit says "encrypted"; an OSError
+# only as EINVAL: a seek to a bad offset)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+               ValueError, OSError)
+
+
+def _zip_error(e: Exception) -> bool:
+    return not isinstance(e, OSError) or e.errno == errno.EINVAL
 
 
 def load_npz(path, allow_pickle: bool) -> Dict[str, np.ndarray]:
     """Every array of a .npz (compressed or not) by key."""
     try:
         zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        fail(path, f"not a .npz file ({e})")
+    except _ZIP_ERRORS as e:
+        if not _zip_error(e):
+            raise
+        fail(path, f"not a .npz file ({type(e).__name__}: {e})")
     out = {}
     with zf:
         for name in zf.namelist():
             key = name[:-4] if name.endswith(".npy") else name
-            with zf.open(name) as member:
-                data = io.BytesIO(member.read())
+            try:
+                with zf.open(name) as member:
+                    data = io.BytesIO(member.read())
+            except _ZIP_ERRORS as e:
+                if not _zip_error(e):
+                    raise
+                fail(path, f"key {key!r}: cannot read it from the .npz ({type(e).__name__}: "
+                           f"{e})")
             out[key] = read_array(data, path, key, allow_pickle)
     return out
 
@@ -104,8 +121,8 @@ def unpack_dict(value, path, key: str) -> Dict:
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.hasobject:
         value = value.item()
     if not isinstance(value, dict):
-        fail(path, f"key {key!r} is a {type(value).__name__}, expected a dict saved as a 0-d "
-                   "object array")
+        kind = "ndarray" if isinstance(value, np.ndarray) else type(value).__name__
+        fail(path, f"key {key!r} is a {kind}, expected a dict saved as a 0-d object array")
     return value
 
 
@@ -117,9 +134,16 @@ def need(mapping: Dict, key: str, path, where: str = ""):
 
 
 def as_numpy(value) -> np.ndarray:
+    """``value`` as an array; what numpy cannot make one of (a ragged list, ...) as a 0-d
+    object array, which every check then refuses by its shape or dtype, naming the key."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
-    return np.asarray(value)
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        a = np.empty((), dtype=object)
+        a[()] = value
+        return a
 
 
 def array(value, path, key: str, ndim: int, rows: Optional[int] = None,

@@ -159,11 +159,11 @@ def read_mmf_npy(path: str, img_id: str, image_sizes=None,
                  max_boxes: Optional[int] = None) -> Tuple[Dict, Dict]:
     """One image's record and import notes from ``path`` (the features) and its _info.npy.
     ``image_sizes``: None, "extent" or an ``ImageSizes`` (used for every image)."""
-    feats = array(load_npy(path, allow_pickle=False), path, "<features>", 2)
+    feats = array(load_npy(path, allow_pickle=False, key="<features>"), path, "<features>", 2)
     ipath = info_path(path)
     if not os.path.exists(ipath):
         fail(path, f"its info file {ipath} does not exist")
-    info = unpack_dict(load_npy(ipath, allow_pickle=True), ipath, "<info>")
+    info = unpack_dict(load_npy(ipath, allow_pickle=True, key="<info>"), ipath, "<info>")
     if _is_vinvl(feats, info):
         boxes, feats, rank, stored, notes = _read_vinvl(feats, info, ipath)
         size, notes["size_source"] = _image_size(path, img_id, stored, boxes, None, image_sizes)

@@ -23,6 +23,7 @@ re-partitions ZeRO-1/2 optimizer state saved on another number of ranks.
 import os
 import shutil
 
+import numpy as np
 import torch
 
 from . import checkpoint_manifest as mf
@@ -215,7 +216,15 @@ class Checkpointer:
         rank = env.rank()
         rng_path = os.path.join(self.dir, choice.tag, f"rng_rank{rank:05d}.pt")
         if os.path.exists(rng_path):
-            env.set_rng_state(torch.load(rng_path, weights_only=False))
+            # weights_only: plain data, tensors and numpy's MT19937 key array (its rebuild
+            # function under numpy 2's and 1's names, ndarray, dtype, the uint32 dtype class)
+            rebuild = np.zeros(0).__reduce__()[0]
+            with torch.serialization.safe_globals([
+                    rebuild, (rebuild, "numpy._core.multiarray._reconstruct"),
+                    (rebuild, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype,
+                    type(np.dtype(np.uint32))]):
+                state = torch.load(rng_path, weights_only=True)
+            env.set_rng_state(state)
             return
         saved = (choice.manifest or {}).get("world_size")
         if saved is not None and rank >= saved:

@@ -35,7 +35,9 @@ def _stage0_state_dict(tag_dir: str) -> dict:
     if not files:
         raise FileNotFoundError(f"{tag_dir} holds no DeepSpeed model states "
                                 f"(mp_rank_*_model_states.pt)")
-    module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    # weights_only: an exported checkpoint may come from elsewhere; DeepSpeed's stage-0 model
+    # states are tensors and plain data (no global to allow)
+    module = torch.load(files[0], map_location="cpu", weights_only=True)["module"]
     return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
 
 

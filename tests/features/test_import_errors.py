@@ -89,6 +89,8 @@ MMF_CASES = {
     "classes": (lambda i: i.update(cls_prob=i["cls_prob"][:, :1500]),
                 r"a_info\.npy: info\['cls_prob'\] has 1500 columns, expected 1600"),
     "missing": (lambda i: i.pop("image_height"), r"a_info\.npy: missing key 'image_height' in"),
+    "ragged": (lambda i: i.update(objects=[[1, 2], [1]]),
+               r"a_info\.npy: key \"info\['objects'\]\" has shape \(\), expected \(100,\)"),
 }
 
 
