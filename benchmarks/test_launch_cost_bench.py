@@ -24,7 +24,7 @@ from benchmarks.common import NEEDS_CUDA, record, timed
 from benchmarks.launch_cost import compiled_step_cost, eager_step_cost, triton_launches
 from benchmarks.model_factory import Setting, make_batch
 from lxmert_fast.training.compile import compile_training_forward
-from lxmert_fast.training.step import prepare_pretrain
+from lxmert_fast.heads import mlm_gather_index
 
 GROUP = "launch cost per pretraining step (fwd+bwd, 9/5/5)"
 PROXY_LIMIT = 0.60          # issue 13: ours (Triton, eager) <= 60% of transformers' launches
@@ -55,8 +55,7 @@ def _inputs(variant, setting):
     batch = make_batch(setting, lxmert_fast.LxmertConfig(**setting.config))
     if variant.startswith("hf"):
         return batch
-    cpu = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    positions = prepare_pretrain(cpu)["model"]["mlm_positions"]       # train.py's MLM gather
+    positions = mlm_gather_index(batch["labels"].cpu())      # train.py's MLM gather (step.py)
     return dict(batch, mlm_positions=positions.to(setting.device))
 
 

@@ -69,7 +69,7 @@ def build(args, info):
 
 def train(args, data, engine, sampler, ckpt, start, init):
     from lxmert_fast.tasks import runner
-    from lxmert_fast.training import loop, step
+    from lxmert_fast.training import dist_watch, loop, step
     from lxmert_fast.training.compile import compiled_mode
     from lxmert_fast.training.metrics import MetricsLogger
 
@@ -93,6 +93,8 @@ def train(args, data, engine, sampler, ckpt, start, init):
             runner.save_final_model(engine, args.output_dir)
         metrics.print(f"stopped at step {done} of {args.max_steps}; checkpoint "
                       f"{ckpt.latest_tag()} in {ckpt.dir}; metrics in {metrics.path}")
+        metrics.print(f"longest waits (--dist_timeout {args.dist_timeout:.0f} s): "
+                      f"{dist_watch.longest_waits()}")
     finally:
         metrics.close()
 

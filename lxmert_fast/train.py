@@ -25,6 +25,7 @@ LOG_EVERY = {"cuda": 10}
 def build(args, info):
     """Everything before the first step: data, process group, model, engine, resume state."""
     from lxmert_fast import LxmertForPreTraining
+    from lxmert_fast.data import feature_table
     from lxmert_fast.training import pretrain
     from lxmert_fast.training.checkpoint import Checkpointer
     from lxmert_fast.training.compile import compile_engine
@@ -57,11 +58,14 @@ def build(args, info):
         start = sampler.load_state_dict(state["sampler"])
     elif args.resume and env.rank() == 0:
         print(f"--resume: no checkpoint in {args.output_dir} yet; starting from step 0")
-    return data, engine, sampler, ckpt, start
+    table = feature_table.maybe_load(args.features_on_device, data.train.features,
+                                     args.max_boxes, engine.device,
+                                     say=print if env.rank() == 0 else (lambda _: None))
+    return data, engine, sampler, ckpt, start, table
 
 
-def train(args, data, engine, sampler, ckpt, start):
-    from lxmert_fast.training import loop, pretrain, step
+def train(args, data, engine, sampler, ckpt, start, table=None):
+    from lxmert_fast.training import dist_watch, loop, pretrain, step
     from lxmert_fast.training.evaluate import evaluate_pretraining, format_results
     from lxmert_fast.training.metrics import MetricsLogger
 
@@ -78,12 +82,15 @@ def train(args, data, engine, sampler, ckpt, start):
     def evaluate(eng):
         return evaluate_pretraining(eng, data.valid, sampler.micro_batch, args.eval_examples)
 
-    batches = step.PretrainBatches(pretrain.make_batch_fn(data.train, args.qa_from_epoch))
+    batches = step.PretrainBatches(pretrain.make_batch_fn(data.train, args.qa_from_epoch,
+                                                          features_on_device=table is not None))
     try:
-        done = loop.train(engine, sampler, batches, step.pretrain_forward, plan, pretrain.TASKS,
-                          ckpt, metrics, start, evaluate)
+        done = loop.train(engine, sampler, batches, step.PretrainForward(table), plan,
+                          pretrain.TASKS, ckpt, metrics, start, evaluate)
         metrics.print(f"stopped at step {done} of {args.max_steps}; checkpoint "
                       f"{ckpt.latest_tag()} in {ckpt.dir}; metrics in {metrics.path}")
+        metrics.print(f"longest waits (--dist_timeout {args.dist_timeout:.0f} s): "
+                      f"{dist_watch.longest_waits()}")
     finally:
         metrics.close()
 

@@ -55,12 +55,16 @@ class AnswerTable:
         """Table over the normalised answers of ``records[*]["labelf"]`` (sources ``qa_sets``)."""
         wanted = None if qa_sets is None else {s.lower().strip() for s in qa_sets}
         counts: Counter = Counter()
+        converted: Dict[str, str] = {}           # answers repeat: normalise each once
         for rec in records:
             for source, labels in rec.get("labelf", {}).items():
                 if wanted is not None and source not in wanted:
                     continue
                 for label in labels:
-                    counts.update({convert_ans(a) for a in label if convert_ans(a)})
+                    for a in label:
+                        if a not in converted:
+                            converted[a] = convert_ans(a)
+                    counts.update({converted[a] for a in label if converted[a]})
         kept = [a for a, c in counts.items() if c >= min_count]
         kept.sort(key=lambda a: (-counts[a], a))
         return cls(kept[:max_answers])

@@ -1,118 +1,134 @@
-"""LXMERT pretraining examples and batches (the original's five tasks), reproducible per index.
+"""LXMERT pretraining examples and batches (the original's five tasks), over a prepared corpus,
+built per batch with numpy and reproducible per example index (issue 23).
 
-``PretrainDataset`` holds one example per (image, sentence) of the pretraining records
-(records.py) and builds model keyword-argument batches with ``make_batch(indices)``:
-tokenisation to ``max_seq_len`` (20) with [CLS]/[SEP] and zero padding; the corruptions of
-masking.py; matching negatives (p = 0.5: the sentence of an example of another image,
-``matched_label`` 0); the QA label (answer id of the example's pruned soft label, sampled by
-score) only for matched examples of QA sources with a known answer, else -100. As in the
-original, words are masked and objects corrupted whether or not the pair is matched; a task
-that is switched off draws nothing for it and returns ``None`` for its labels (no corruption).
+``PretrainDataset`` has one example per (image, sentence) of the records, read from a prepared
+corpus (prepared.py: flat arrays through np.memmap, made once and cached by ``ensure_prepared``;
+a process holds O(images) Python state). ``make_packed(indices)`` builds a batch: [CLS]/[SEP]
+text padded to ``max_seq_len``; the corruptions of draws.py (words 80/10/10 at 15%, or at the
+grounded-word rate; objects 80/10/10 at 15%); matching negatives (p = 0.5: a sentence of another
+image, ``matched_label`` 0); the QA answer (sampled by score) only for matched examples with a
+pruned soft label, else -100. As in the original, words are masked and objects corrupted whether
+or not the pair is matched; a task switched off draws nothing and gets ``None`` labels.
 
-Randomness: example ``i`` in epoch ``e`` uses ``np.random.default_rng([seed, e, i])`` and nothing
-else (eval mode: ``[seed, 0, i]`` whatever the epoch), so any rank, worker or resumed run
-reproduces a batch from its indices. Features come from one ``gather`` per batch on the feature
-API (lxmert_fast.features: FeatureStore or TsvFeatures) for the batch's images and the other
-images that lend replacement features.
+Randomness: every draw of example ``i`` in epoch ``e`` is counter_rng's hash of (seed, e, i, its
+slot) (eval mode: epoch 0), so an example is the same whichever batch, rank, worker, world size
+or resumed run builds it.
 
-Batch (B examples, L = max_seq_len, N = max_boxes): input_ids, token_type_ids (B, L) int64,
-attention_mask (B, L) int64 1/0, visual_feats (B, N, 2048) float32, visual_pos (B, N, 4) float32
-boxes normalised by image size, visual_attention_mask (B, N) float32 1/0, labels (B, L) int64
-(-100 ignored), obj_labels {"obj": (ids int64, weight float32), "attr": (ids, weight),
-"feat": (original feats float32, mask float32)}, matched_label (B,) int64, ans (B,) int64.
-``obj_loss_weighting``: "conf" = the original code (obj/attr weighted by the detector
-confidence over every real box), "mask_conf" = mask x confidence, "mask" = the mask alone.
+Features leave the host once, as the store's float16: a packed batch carries the features of
+the images shown (or, with a device feature table, their indices), the masks of the object
+corruption and the few lent rows that replace features (padded to a fixed capacity), and
+batch.unpack_visual makes the model's float inputs, the corruption and the regression target on
+the device. ``make_batch`` is the same batch unpacked on the CPU in float32: the model keyword
+arguments (input_ids, token_type_ids, attention_mask (B, L); visual_feats (B, N, D); visual_pos
+(B, N, 4); visual_attention_mask (B, N); labels; obj_labels {"obj": (ids, weight), "attr": (ids,
+weight), "feat": (target, mask)}; matched_label, ans (B,)).
+``obj_loss_weighting``: "conf" = the original code (obj/attr weighted by the detector confidence
+over every real box), "mask_conf" = mask x confidence, "mask" = the mask alone.
 """
+import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from lxmert_fast.data.answers import AnswerTable
-from lxmert_fast.data.masking import (IGNORE_INDEX, choose_answer, draw_object_mask, mask_words,
-                                      restrict)
-from lxmert_fast.data.records import Example, flatten, load_records
+from . import counter_rng as crng
+from .answers import AnswerTable
+from .batch import PackedVisual, lent_capacity, unpack_visual
+from .draws import choose_answers, mask_objects, mask_words
+from .masking import IGNORE_INDEX
+from .prepared import PreparedCorpus, open_prepared, vocab_digest
 
 OBJ_LOSS_WEIGHTINGS = ("conf", "mask_conf", "mask")
+
+
+def open_corpus(source, tokenizer, max_seq_len: int, answer_table: Optional[AnswerTable],
+                cache_dir: Optional[str]) -> PreparedCorpus:
+    """A PreparedCorpus, a prepared directory, or JSON record file(s) (prepared and cached)."""
+    if isinstance(source, PreparedCorpus):
+        return source
+    paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if len(paths) == 1 and os.path.isdir(paths[0]):
+        return open_prepared(os.fspath(paths[0]), {"version": 1, "max_seq_len": max_seq_len,
+                                                   "vocab_sha256": vocab_digest(tokenizer)})
+    from .prepare import ensure_prepared
+
+    missing = [str(p) for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"pretraining record file(s) not found: {missing}")
+    return ensure_prepared([os.fspath(p) for p in paths], tokenizer, max_seq_len, answer_table,
+                           cache_dir, show=False)
 
 
 class PretrainDataset:
     """One example per (image, sentence); see the module docstring."""
 
-    def __init__(self, record_paths: Union[str, Sequence[str]], features, tokenizer,
+    def __init__(self, records: Union[str, Sequence[str], PreparedCorpus], features, tokenizer,
                  answer_table: Optional[AnswerTable] = None, max_seq_len: int = 20,
                  max_boxes: int = 36, seed: int = 0, task_mask_lm: bool = True,
                  task_obj_predict: bool = True, task_matched: bool = True, task_qa: bool = True,
                  obj_loss_weighting: str = "conf", train: bool = True,
                  word_mask_rate: float = 0.15, obj_mask_rate: float = 0.15,
                  grounded_words: Optional[Sequence[str]] = None,
-                 grounded_mask_rate: Optional[float] = None):
+                 grounded_mask_rate: Optional[float] = None, cache_dir: Optional[str] = None):
         if obj_loss_weighting not in OBJ_LOSS_WEIGHTINGS:
             raise ValueError(f"obj_loss_weighting={obj_loss_weighting!r}: expected one of "
                              f"{OBJ_LOSS_WEIGHTINGS}")
         if max_seq_len < 3:
             raise ValueError(f"max_seq_len={max_seq_len}: needs room for [CLS], a token, [SEP]")
-        records = load_records(record_paths)
-        self.answer_table = answer_table if answer_table is not None else AnswerTable.build(records)
-        self.features, self.tokenizer = features, tokenizer
+        self.corpus = open_corpus(records, tokenizer, max_seq_len, answer_table, cache_dir)
+        self.answer_table = AnswerTable(self.corpus.answers)
+        if answer_table is not None and answer_table.all_answers() != self.corpus.answers:
+            raise ValueError(f"{self.corpus.path} was prepared with another answer table "
+                             f"({len(self.corpus.answers)} answers, {len(answer_table)} given)")
+        self.features = features
         self.max_seq_len, self.max_boxes, self.seed = max_seq_len, max_boxes, seed
         self.task_mask_lm, self.task_obj_predict = task_mask_lm, task_obj_predict
         self.task_matched, self.task_qa, self.qa_enabled = task_matched, task_qa, task_qa
         self.obj_loss_weighting, self.train = obj_loss_weighting, train
         self.word_mask_rate, self.obj_mask_rate = word_mask_rate, obj_mask_rate
         self.epoch = 0
-        self.examples: List[Example] = flatten(records)
-        if not self.examples:
-            raise ValueError(f"no sentences in the pretraining records {record_paths}")
         self._index_images()
-        self._tokenize()
-        self.grounded_ids = self._grounded_ids(grounded_words or ())
+        self._special_tokens(tokenizer)
+        self.grounded_ids = self._grounded_ids(tokenizer, grounded_words or ())
         if grounded_mask_rate is not None and not len(self.grounded_ids):
             raise ValueError(f"grounded_mask_rate={grounded_mask_rate} needs grounded words "
                              f"(none of {len(grounded_words or ())} given is one vocab token)")
         self.grounded_mask_rate = grounded_mask_rate
-        self._labels = [None if ex.label is None else
-                        {self.answer_table.ans2id(a): s
-                         for a, s in self.answer_table.prune_label(ex.label).items()}
-                        for ex in self.examples]
 
     def _index_images(self) -> None:
-        missing = sorted({ex.img_id for ex in self.examples if ex.img_id not in self.features})
+        """Image positions -> feature-store indices and box counts (O(images))."""
+        self.images: List[str] = self.corpus.images
+        missing = [img for img in self.images if img not in self.features]
         if missing:
             raise KeyError(f"{len(missing)} image(s) of the pretraining records are not in the "
                            f"features ({len(self.features)} images), e.g. {missing[:5]}")
-        self.images: List[str] = sorted({ex.img_id for ex in self.examples})
-        pos = {img: i for i, img in enumerate(self.images)}
-        self._img_pos = np.array([pos[ex.img_id] for ex in self.examples], dtype=np.int64)
         self._feat_index = np.array([self.features.index(img) for img in self.images],
                                     dtype=np.int64)
+        self._store_boxes = np.minimum(_boxes_per_image(self.features), self.max_boxes)
+        self._num_boxes = self._store_boxes[self._feat_index]
         if self.task_matched and len(self.images) < 2:
             raise ValueError("task_matched needs sentences of at least 2 images")
 
-    def _tokenize(self) -> None:
-        vocab = self.tokenizer.get_vocab()
+    def _special_tokens(self, tokenizer) -> None:
+        vocab = tokenizer.get_vocab()
         for tok in ("[CLS]", "[SEP]", "[MASK]", "[PAD]"):
             if tok not in vocab:
                 raise KeyError(f"tokenizer vocab has no {tok} token")
         self.cls_id, self.sep_id = vocab["[CLS]"], vocab["[SEP]"]
-        self.mask_id, self.vocab_size = vocab["[MASK]"], self.tokenizer.get_vocab_size()
-        sents = sorted({ex.sent.strip() for ex in self.examples})
-        encoded = self.tokenizer.encode_batch(sents, add_special_tokens=False)
-        keep = self.max_seq_len - 2
-        ids = {s: np.asarray(e.ids[:keep], dtype=np.int64) for s, e in zip(sents, encoded)}
-        self._tokens = [ids[ex.sent.strip()] for ex in self.examples]
+        self.mask_id, self.vocab_size = vocab["[MASK]"], tokenizer.get_vocab_size()
 
-    def _grounded_ids(self, words: Sequence[str]) -> np.ndarray:
+    @staticmethod
+    def _grounded_ids(tokenizer, words: Sequence[str]) -> np.ndarray:
         """Sorted token ids of the grounded words that are one WordPiece token (a multi-piece
         word's pieces also occur in other words, so they are left out)."""
         if not words:
             return np.zeros(0, dtype=np.int64)
-        encoded = self.tokenizer.encode_batch(list(words), add_special_tokens=False)
+        encoded = tokenizer.encode_batch(list(words), add_special_tokens=False)
         return np.unique(np.array([e.ids[0] for e in encoded if len(e.ids) == 1],
                                   dtype=np.int64))
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.corpus)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -121,107 +137,86 @@ class PretrainDataset:
         """Switch QA labels on/off (the original adds the QA loss from a chosen epoch)."""
         self.qa_enabled = bool(flag) and self.task_qa
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch if self.train else 0, int(index)])
+    def image_of(self, indices) -> np.ndarray:
+        """Image positions (into ``images``) of examples ``indices``."""
+        return self.corpus.image[np.asarray(indices, dtype=np.int64)].astype(np.int64)
 
     def batch_meta(self, indices: Sequence[int]) -> List[Dict]:
         """uid, img_id, source, sentence and pruned label of each example (for QA evaluation)."""
-        return [{"uid": self.examples[i].uid, "img_id": self.examples[i].img_id,
-                 "source": self.examples[i].source, "sent": self.examples[i].sent,
-                 "label": None if self.examples[i].label is None
-                 else self.answer_table.prune_label(self.examples[i].label)} for i in indices]
+        c = self.corpus
+        return [{"uid": c.uid(i), "img_id": self.images[int(c.image[i])],
+                 "source": c.sources[int(c.source[i])], "sent": c.sentence(i),
+                 "label": c.label(i)} for i in (int(i) for i in indices)]
 
-    def _draw(self, index: int) -> Dict:
-        """All random choices of one example, in a fixed order from its own generator."""
-        if not 0 <= index < len(self.examples):
-            raise IndexError(f"example index {index} out of range [0, {len(self.examples)})")
-        rng = self.rng(index)
-        out = {"sent": index, "matched": 1}
-        if self.task_matched and rng.random() < 0.5:
-            out["matched"] = 0
-            other = int(rng.integers(len(self.examples)))
-            while self._img_pos[other] == self._img_pos[index]:
-                other = int(rng.integers(len(self.examples)))
-            out["sent"] = other
-        tokens = self._tokens[out["sent"]]
-        if self.task_mask_lm:
-            out["ids"], out["lm"] = mask_words(tokens, rng, self.vocab_size, self.mask_id,
-                                               self.word_mask_rate, self.grounded_ids,
-                                               self.grounded_mask_rate)
-        else:
-            out["ids"], out["lm"] = tokens, np.full(len(tokens), IGNORE_INDEX)
-        label = self._labels[index]
-        out["ans"] = IGNORE_INDEX
-        if self.qa_enabled and out["matched"] == 1 and label:
-            out["ans"] = choose_answer(label, rng)
-        if self.task_obj_predict:
-            out["obj"] = draw_object_mask(rng, self.max_boxes, int(self._img_pos[index]),
-                                          len(self.images), self.obj_mask_rate)
-        return out
+    def _uniform(self, stream: str, idx: np.ndarray, slots: int = 1) -> np.ndarray:
+        return crng.uniform(self.seed, self.epoch if self.train else 0, stream, idx, slots)
 
-    def _text(self, draws: List[Dict]) -> Dict[str, torch.Tensor]:
-        B, L = len(draws), self.max_seq_len
-        input_ids = np.zeros((B, L), dtype=np.int64)
+    def _sentences(self, idx: np.ndarray):
+        """(sentence shown, matched 0/1) per example: a negative is a sentence of another image,
+        uniform over them (the original's rejection sampling, without the loop)."""
+        if not self.task_matched:
+            return idx, np.ones(len(idx), dtype=np.int64)
+        c, img = self.corpus, self.image_of(idx)
+        negative = self._uniform("matched", idx)[:, 0] < 0.5
+        start, stop = c.image_start[img], c.image_start[img + 1]
+        j = crng.below(self._uniform("negative", idx)[:, 0], len(c) - (stop - start))
+        j = j + (stop - start) * (j >= start)
+        other = c.by_image[j].astype(np.int64)
+        return np.where(negative, other, idx), (~negative).astype(np.int64)
+
+    def _text(self, idx: np.ndarray, sent: np.ndarray) -> Dict[str, torch.Tensor]:
+        c, B, L = self.corpus, len(idx), self.max_seq_len
+        T = L - 2
+        tid = c.text_id[sent].astype(np.int64)
+        lo = c.tok_offsets[tid]
+        n = np.minimum(c.tok_offsets[tid + 1] - lo, T)
+        col = np.arange(T)[None, :]
+        valid = col < n[:, None]
+        tokens = np.where(valid, c.tokens[np.where(valid, lo[:, None] + col, 0)], 0)
         labels = np.full((B, L), IGNORE_INDEX, dtype=np.int64)
-        attention = np.zeros((B, L), dtype=np.int64)
-        for b, d in enumerate(draws):
-            n = len(d["ids"])
-            input_ids[b, :n + 2] = np.concatenate([[self.cls_id], d["ids"], [self.sep_id]])
-            labels[b, 1:n + 1] = d["lm"]
-            attention[b, :n + 2] = 1
+        if self.task_mask_lm:
+            prob = self._uniform("word_prob", idx, T)
+            rand = crng.below(self._uniform("word_token", idx, T), self.vocab_size)
+            tokens, lm = mask_words(tokens, n, prob, rand, self.mask_id, self.word_mask_rate,
+                                    self.grounded_ids, self.grounded_mask_rate)
+            labels[:, 1:T + 1] = np.where(valid, lm, IGNORE_INDEX)
+        input_ids = np.zeros((B, L), dtype=np.int64)
+        input_ids[:, 0] = self.cls_id
+        input_ids[:, 1:T + 1] = np.where(valid, tokens, 0)
+        input_ids[np.arange(B), n + 1] = self.sep_id
+        attention = (np.arange(L)[None, :] < (n + 2)[:, None]).astype(np.int64)
         return {"input_ids": torch.from_numpy(input_ids),
                 "token_type_ids": torch.zeros((B, L), dtype=torch.long),
                 "attention_mask": torch.from_numpy(attention),
                 "labels": torch.from_numpy(labels) if self.task_mask_lm else None}
 
-    def _gather(self, indices: Sequence[int], draws: List[Dict], images=None):
-        """One gather for the batch's images and the images lending replacement features."""
-        own = [int(self._img_pos[i]) for i in indices] if images is None else list(images)
-        lenders = sorted({int(p) for d in draws if "obj" in d
-                          for p in d["obj"].other_image[d["obj"].replace]})
-        positions = sorted(set(own) | set(lenders))
-        row = {p: r for r, p in enumerate(positions)}
-        g = self.features.gather([int(self._feat_index[p]) for p in positions],
-                                 max_boxes=self.max_boxes)
-        return g, np.array([row[p] for p in own], dtype=np.int64), row
+    def _answers(self, idx: np.ndarray, matched: np.ndarray) -> Optional[torch.Tensor]:
+        if not self.qa_enabled:
+            return None
+        c = self.corpus
+        ans = choose_answers(c.label_offsets, c.label_ids, c.label_scores, idx,
+                             self._uniform("answer", idx)[:, 0])
+        return torch.from_numpy(np.where(matched == 1, ans, IGNORE_INDEX))
 
-    def _visual(self, draws, g, rows, row) -> Dict:
-        feats_all = g["features"].numpy()                      # (G, N, F) store dtype
-        feats = feats_all[rows].astype(np.float32)             # (B, N, F)
-        box_mask = g["box_mask"].numpy()[rows]                 # (B, N) bool
-        out = {"visual_feats": torch.from_numpy(feats),
-               "visual_pos": torch.from_numpy(g["boxes"].numpy()[rows].astype(np.float32)),
-               "visual_attention_mask": torch.from_numpy(box_mask.astype(np.float32)),
-               "obj_labels": None}
-        if not self.task_obj_predict:
-            return out
-        masks = [restrict(d["obj"], box_mask[b]) for b, d in enumerate(draws)]
-        chosen = np.stack([m.chosen for m in masks])
-        masked = feats.copy()
-        masked[np.stack([m.zero for m in masks])] = 0.0
-        b_idx, slot = np.nonzero(np.stack([m.replace for m in masks]))
-        if len(b_idx):
-            lender = np.array([row[int(masks[b].other_image[s])] for b, s in zip(b_idx, slot)])
-            frac = np.array([masks[b].other_frac[s] for b, s in zip(b_idx, slot)])
-            k = (frac * g["num_boxes"].numpy()[lender]).astype(np.int64)
-            masked[b_idx, slot] = feats_all[lender, k]
-        mask = torch.from_numpy(chosen.astype(np.float32))
-        out["visual_feats"] = torch.from_numpy(masked)
-        rows_t = torch.from_numpy(rows)
-        take = lambda key: g[key][rows_t]  # noqa: E731
-        out["obj_labels"] = {
-            "obj": (take("objects_id").long(), self._weight(take("objects_conf"), mask)),
-            "attr": (take("attrs_id").long(), self._weight(take("attrs_conf"), mask)),
-            "feat": (torch.from_numpy(feats), mask),
-        }
-        return out
-
-    def _weight(self, conf: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.obj_loss_weighting == "conf":
-            return conf.float()
-        if self.obj_loss_weighting == "mask_conf":
-            return conf.float() * mask
-        return mask
+    def _objects(self, idx: np.ndarray, box_mask: np.ndarray, B: int) -> Dict:
+        """The corruption masks and the lent rows (padded to ``lent_capacity``)."""
+        N = self.max_boxes
+        m = mask_objects(self._uniform("obj_prob", idx, N), self._uniform("obj_image", idx, N),
+                         self._uniform("obj_box", idx, N), self.image_of(idx), len(self.images),
+                         box_mask, self.obj_mask_rate)
+        b, s = np.nonzero(m["replace"])
+        lender = m["other_image"][b, s]
+        box = (m["other_frac"][b, s] * self._num_boxes[lender]).astype(np.int64)
+        cap = lent_capacity(len(b), B, N)
+        slot = np.full(cap, B * N, dtype=np.int64)          # padding writes a spare row
+        slot[:len(b)] = b * N + s
+        image = np.zeros(cap, dtype=np.int64)
+        image[:len(b)] = self._feat_index[lender]
+        boxes = np.full(cap, -1, dtype=np.int64)
+        boxes[:len(b)] = box
+        return {"obj_chosen": torch.from_numpy(m["chosen"]),
+                "obj_zero": torch.from_numpy(m["zero"]), "lent_slot": torch.from_numpy(slot),
+                "lent_image": torch.from_numpy(image), "lent_box": torch.from_numpy(boxes)}
 
     def image_derangement(self, seed: int = 0) -> np.ndarray:
         """A fixed permutation of the image positions with no fixed point (the shuffled-image
@@ -231,28 +226,76 @@ class PretrainDataset:
         perm[order] = np.roll(order, -1)     # one cycle through every image: never itself
         return perm
 
-    def make_batch(self, indices: Sequence[int], image_perm: Optional[np.ndarray] = None) -> Dict:
-        """Model keyword arguments for examples ``indices`` (see the module docstring).
+    def make_packed(self, indices: Sequence[int], image_perm: Optional[np.ndarray] = None,
+                    features_on_device: bool = False) -> Dict:
+        """The batch of examples ``indices`` as it leaves the host (module docstring):
+        ``features_on_device`` carries store indices instead of features and lent rows.
 
         ``image_perm`` (from ``image_derangement``): every example gets the image
         ``image_perm[its image]`` instead of its own, with the same text, masking draws and
         labels (the object labels follow the image shown).
         """
-        indices = [int(i) for i in indices]
-        if not indices:
+        idx = np.asarray([int(i) for i in indices], dtype=np.int64)
+        if not len(idx):
             raise ValueError("make_batch needs at least one example index")
-        draws = [self._draw(i) for i in indices]
-        batch = self._text(draws)
-        images = None
+        if idx.min() < 0 or idx.max() >= len(self):
+            bad = int(idx[(idx < 0) | (idx >= len(self))][0])
+            raise IndexError(f"example index {bad} out of range [0, {len(self)})")
+        shown = self.image_of(idx)
         if image_perm is not None:
             if len(image_perm) != len(self.images):
                 raise ValueError(f"image_perm has {len(image_perm)} entries for "
                                  f"{len(self.images)} images")
-            images = [int(image_perm[self._img_pos[i]]) for i in indices]
-        g, rows, row = self._gather(indices, draws, images)
-        batch.update(self._visual(draws, g, rows, row))
-        batch["matched_label"] = (torch.tensor([d["matched"] for d in draws], dtype=torch.long)
-                                  if self.task_matched else None)
-        batch["ans"] = (torch.tensor([d["ans"] for d in draws], dtype=torch.long)
-                        if self.qa_enabled else None)
+            shown = np.asarray(image_perm, dtype=np.int64)[shown]
+        sent, matched = self._sentences(idx)
+        batch = self._text(idx, sent)
+        store_idx = self._feat_index[shown]
+        visual = self._visual(store_idx, features_on_device)
+        if self.task_obj_predict:
+            visual.update(self._objects(idx, visual["box_mask"].numpy(), len(idx)))
+            if not features_on_device:
+                visual["lent_feats"] = torch.from_numpy(self._lent_rows(
+                    visual["lent_image"].numpy(), visual["lent_box"].numpy()))
+        batch["visual"] = visual
+        batch["matched_label"] = torch.from_numpy(matched) if self.task_matched else None
+        batch["ans"] = self._answers(idx, matched)
         return batch
+
+    def _visual(self, store_idx: np.ndarray, on_device: bool) -> Dict:
+        if on_device:
+            count = self._store_boxes[store_idx]
+            return PackedVisual(image_index=torch.from_numpy(store_idx),
+                                box_mask=torch.from_numpy(np.arange(self.max_boxes)[None, :]
+                                                          < count[:, None]),
+                                obj_loss_weighting=self.obj_loss_weighting)
+        g = self.features.gather(store_idx, max_boxes=self.max_boxes)
+        return PackedVisual(feats=g["features"], boxes=g["boxes"], box_mask=g["box_mask"],
+                            objects_id=g["objects_id"], objects_conf=g["objects_conf"],
+                            attrs_id=g["attrs_id"], attrs_conf=g["attrs_conf"],
+                            obj_loss_weighting=self.obj_loss_weighting)
+
+    def _lent_rows(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """Features of the lent boxes (padding rows, box -1, are zeros)."""
+        if hasattr(self.features, "box_rows"):
+            return self.features.box_rows(image, box)
+        g = self.features.gather(image, max_boxes=self.max_boxes)
+        rows = g["features"].numpy()[np.arange(len(image)), np.clip(box, 0, None)].copy()
+        rows[box < 0] = 0
+        return rows
+
+    def make_batch(self, indices: Sequence[int], image_perm: Optional[np.ndarray] = None) -> Dict:
+        """Model keyword arguments of examples ``indices`` on the CPU in float32: the packed
+        batch unpacked as the step does it on the device."""
+        batch = self.make_packed(indices, image_perm)
+        visual = batch.pop("visual")
+        batch.update(unpack_visual(visual, torch.float32, self.task_obj_predict))
+        return batch
+
+
+def _boxes_per_image(features) -> np.ndarray:
+    """Box count of every image of a feature source (store order)."""
+    counts = getattr(features, "boxes_per_image", None)
+    if counts is not None:
+        return np.asarray(counts, dtype=np.int64)
+    return np.array([len(features[img_id]["features"]) for img_id in features.ids],
+                    dtype=np.int64)

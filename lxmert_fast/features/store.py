@@ -155,6 +155,19 @@ class FeatureStore:
     def __getitem__(self, img_id: str) -> Dict:
         return self.record(self.index(img_id))
 
+    def box_rows(self, indices, boxes) -> np.ndarray:
+        """(R, D) features of box ``boxes[r]`` of image ``indices[r]`` (store order); a box
+        beyond its image's count gives zeros (the padding a gather would give)."""
+        self._store.check_size()
+        indices = np.asarray(indices, dtype=np.int64)
+        boxes = np.asarray(boxes, dtype=np.int64)
+        start = self._arrays["box_start"]
+        first, count = start[indices].astype(np.int64), np.diff(start)[indices].astype(np.int64)
+        inside = (boxes >= 0) & (boxes < count)
+        rows = self._arrays["features"][np.where(inside, first + boxes, 0)]
+        rows[~inside] = 0
+        return rows
+
     def gather(self, ids_or_indices, max_boxes: int = 36, pin_memory: bool = False,
                out: Optional[Dict[str, torch.Tensor]] = None,
                num_threads: Optional[int] = None) -> Dict[str, torch.Tensor]:

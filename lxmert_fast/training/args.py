@@ -39,8 +39,8 @@ class RunArgs:
     kernel_impl: str = "auto"
     compile: str = "auto"                 # torch.compile mode (training/compile.py)
     num_workers: Optional[int] = None     # DataLoader workers (None: 0 on CPU, 4 on GPU)
-    dist_timeout: float = 1800.0          # seconds a rank may wait on the others (dist_watch)
     gradient_checkpointing: bool = False  # recompute the encoder layers in the backward
+    dist_timeout: float = 1800.0          # seconds a rank may wait on the others (dist_watch)
     no_tensorboard: bool = False
     no_progress: bool = False
     deepspeed_config: Optional[str] = None
@@ -87,6 +87,7 @@ class PretrainArgs(RunArgs):
     grounded_mask_rate: Optional[float] = None  # None: the machine default (GPU: off)
     initializer_range: Optional[float] = None   # None: 0.02 x sqrt(768 / hidden)
     itc: Optional[str] = None                 # "on"/"off" (None: the machine default)
+    features_on_device: str = "auto"          # the feature table in device memory (auto/on/off)
 
     def __post_init__(self):
         super().__post_init__()
@@ -99,6 +100,9 @@ class PretrainArgs(RunArgs):
         _positive(self, "max_boxes")
         if self.grounded_mask_rate is not None and not 0.0 <= self.grounded_mask_rate <= 1.0:
             raise ValueError(f"--grounded_mask_rate={self.grounded_mask_rate} must be in [0, 1]")
+        if self.features_on_device not in ("auto", "on", "off"):
+            raise ValueError(f"--features_on_device={self.features_on_device!r} must be auto, on "
+                             f"or off")
         if self.itc not in (None, "on", "off"):
             raise ValueError(f"--itc={self.itc!r} must be 'on' or 'off'")
         if self.initializer_range is not None and not self.initializer_range > 0:
@@ -130,12 +134,12 @@ def add_run_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--compile", default="auto", choices=COMPILE_MODES, help="torch.compile the training step "
       "(auto: 'reduce-overhead', i.e. with CUDA graphs, on CUDA; off on CPU)")
     a("--num_workers", type=int, help="DataLoader workers per rank")
+    a("--gradient_checkpointing", action="store_true", help="activation checkpointing: "
+      "recompute each encoder layer in the backward (less memory, one more forward)")
     a("--dist_timeout", type=float, default=RunArgs.dist_timeout, help="seconds a rank may wait "
       "on the others (a collective, a step, a checkpoint save) before every waiting rank prints "
       "its rank, step and operation and exits; must outlast the longest legitimate wait "
       "(README, Reliability)")
-    a("--gradient_checkpointing", action="store_true", help="activation checkpointing: "
-      "recompute each encoder layer in the backward (less memory, one more forward)")
     a("--no_tensorboard", action="store_true")
     a("--no_progress", action="store_true", help="no tqdm bar")
     a("--local_rank", type=int, default=-1, help="set by the deepspeed launcher")
@@ -176,6 +180,9 @@ def pretrain_parser() -> argparse.ArgumentParser:
       "single-modality encoders' outputs (not in LXMERT's recipe; default: on on CPU, off on GPU)")
     a("--initializer_range", type=float, help="std of the weight init (default 0.02 x "
       "sqrt(768 / hidden): BERT's 0.02 for the base model, scaled up for narrower ones)")
+    a("--features_on_device", default="auto", choices=("auto", "on", "off"), help="load the "
+      "whole feature store into device memory once (batches then carry image indices only); "
+      "auto: on CUDA when it fits beside the step, off on CPU")
     return p
 
 

@@ -27,6 +27,7 @@ gathers (checkpoint agreements and verification) it would enter inside a region 
 with the prefix and enter a barrier instead: the shape of the hang of issue 22 (tests only).
 """
 import os
+import re
 import select
 import signal
 import sys
@@ -54,6 +55,7 @@ class _Watch:
         self.rank = 0
         self.thread: Optional[threading.Thread] = None
         self.wakeup: Optional[int] = None          # read end of the signal wakeup pipe
+        self.longest: dict = {}                    # op kind -> (seconds, op) of its longest
 
 
 _watch = _Watch()
@@ -166,7 +168,21 @@ def waiting(op: str):
         raise
     finally:
         with _watch.lock:
-            _watch.stack.pop()
+            _, since = _watch.stack.pop()
+            _note(op, time.monotonic() - since)
+
+
+def _note(op: str, seconds: float) -> None:
+    kind = re.sub(r"\d+", "N", op)
+    if seconds > _watch.longest.get(kind, (-1.0, op))[0]:
+        _watch.longest[kind] = (seconds, op)
+
+
+def longest_waits(top: int = 4) -> str:
+    """The longest regions of this process so far, longest first (what --dist_timeout must
+    outlast), e.g. "saving checkpoint step_00000100: writing 3.2 s, ..."."""
+    worst = sorted(_watch.longest.values(), reverse=True)[:top]
+    return ", ".join(f"{op} {seconds:.1f} s" for seconds, op in worst)
 
 
 def skip_collective() -> bool:

@@ -7,6 +7,8 @@ DeepSpeed the config's "AdamW" instead would JIT-build FusedAdam (~90 s on CPU).
 """
 import torch
 
+from lxmert_fast.data.batch import PackedVisual
+
 from . import dist_watch
 from . import ds_config as dsc
 from .schedule import build_scheduler
@@ -55,7 +57,11 @@ def engine_dtype(engine) -> torch.dtype:
 
 def to_device(batch, device, dtype: torch.dtype):
     """Move a nested batch (dicts, tuples, lists of tensors) to `device`; floating tensors are
-    cast to the engine's compute dtype (DeepSpeed casts the model, not its inputs)."""
+    cast to the engine's compute dtype (DeepSpeed casts the model, not its inputs), except in a
+    PackedVisual, which the step unpacks and casts on the device (float16 crosses once)."""
+    if isinstance(batch, PackedVisual):
+        return PackedVisual({k: v.to(device=device, non_blocking=True)
+                             if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     if isinstance(batch, torch.Tensor):
         if batch.is_floating_point():
             return batch.to(device=device, dtype=dtype, non_blocking=True)

@@ -57,16 +57,32 @@ class _MicroBatchData(torch.utils.data.Dataset):
         return mb, self.make_batch(mb)
 
 
-def batches(sampler: ResumableBatchSampler, make_batch, start: int, end: int, num_workers: int):
-    """Iterator of (MicroBatch, batch) for steps [start, end) of this rank, in order."""
-    keys = list(sampler.iter_from(start, end))
+class _Steps(torch.utils.data.Sampler):
+    """This rank's micro-batches of steps [start, end), computed as the loader asks for them:
+    nothing per step of the run is held in memory."""
+
+    def __init__(self, sampler: ResumableBatchSampler, start: int, end: int):
+        self.sampler, self.start, self.end = sampler, start, end
+
+    def __iter__(self):
+        return self.sampler.iter_from(self.start, self.end)
+
+    def __len__(self) -> int:
+        return (self.end - self.start) * self.sampler.grad_accum
+
+
+def batches(sampler: ResumableBatchSampler, make_batch, start: int, end: int, num_workers: int,
+            pin_memory: bool = False):
+    """Iterator of (MicroBatch, batch) for steps [start, end) of this rank, in order; pinned
+    host memory when the batches go to a GPU (non-blocking copies)."""
     # A private generator: creating the iterator must not draw from the global torch RNG (it
     # is part of the checkpointed state: dropout after a resume must continue unchanged).
     generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + sampler.rank)
     return iter(torch.utils.data.DataLoader(
-        _MicroBatchData(make_batch), sampler=keys, batch_size=None, num_workers=num_workers,
-        persistent_workers=False, prefetch_factor=4 if num_workers else None,
-        generator=generator))
+        _MicroBatchData(make_batch), sampler=_Steps(sampler, start, end), batch_size=None,
+        num_workers=num_workers, persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers else None, generator=generator,
+        pin_memory=pin_memory))
 
 
 def _grad_norm_before_step(engine):
@@ -169,7 +185,8 @@ def train(engine, sampler: ResumableBatchSampler, make_batch, forward, plan: Pla
     """Run optimizer steps start_step..; return the number of steps done when it stopped."""
     end = plan.stop_at or plan.total_steps
     device, dtype = engine.device, engine_dtype(engine)
-    data = batches(sampler, make_batch, start_step, end, plan.num_workers)
+    data = batches(sampler, make_batch, start_step, end, plan.num_workers,
+                   pin_memory=device.type == "cuda")
     engine.train()
     log = _Logger(metrics, task_names, sampler.grad_accum, sampler.global_batch)
     for step in range(start_step, end):

@@ -27,7 +27,7 @@ MODEL_SIZES = {
 # dropout None: the config's 0.1 (the paper's). CPU 0.0: the small model on the small world
 # over-regularised at 0.1 (held-out, 4000 steps: QA 0.708 vs 0.491 with shuffled images at 0.0,
 # 0.622 vs 0.485 at 0.1; matching 0.778 vs 0.711 at step 2000).
-CPU_DEFAULTS = {"model_size": "small", "max_steps": 1400, "batch_size": 32, "lr": 3e-4,
+CPU_DEFAULTS = {"model_size": "small", "max_steps": 2000, "batch_size": 32, "lr": 3e-4,
                 "grounded_mask_rate": 0.5, "itc": "on", "dropout": 0.0}
 GPU_DEFAULTS = {"model_size": "base", "max_steps": 1000, "batch_size": 256, "lr": 1e-4,
                 "grounded_mask_rate": None, "itc": "off", "dropout": None}
@@ -142,12 +142,16 @@ def build_data(args) -> PretrainData:
     if args.max_seq_len is None:
         args.max_seq_len = (longest_sentence(tokenizer, train_json + valid_json)
                             if args.train_json is None else 20)
-    saved = os.path.join(args.output_dir, "answer_table.json")
-    table = AnswerTable.load(saved) if args.resume and os.path.exists(saved) else None
     common = dict(features=features, tokenizer=tokenizer, max_seq_len=args.max_seq_len,
                   max_boxes=args.max_boxes, seed=args.seed)
-    train = PretrainDataset(train_json, answer_table=table, grounded_words=grounded,
+    # the answer table is built from the training records (prepared once, cached)
+    train = PretrainDataset(train_json, grounded_words=grounded,
                             grounded_mask_rate=args.grounded_mask_rate, **common)
+    saved = os.path.join(args.output_dir, "answer_table.json")
+    if args.resume and os.path.exists(saved) and \
+            AnswerTable.load(saved).all_answers() != train.answer_table.all_answers():
+        raise ValueError(f"--resume: the answer table of the training records differs from the "
+                         f"run's {saved}: the records changed since the run started")
     # held-out masking is always the paper's (15% of words): one yardstick for every recipe
     valid = PretrainDataset(valid_json, answer_table=train.answer_table, train=False,
                             grounded_words=grounded, **common)
@@ -198,11 +202,18 @@ def save_run_info(args, data: PretrainData, config, ds_config: dict, world_size:
     data.answer_table.save(os.path.join(args.output_dir, "answer_table.json"))
 
 
-def make_batch_fn(dataset, qa_from_epoch: int):
-    """MicroBatch -> model kwargs; epoch-dependent masking and the QA switch set per call, so it
-    is correct in any DataLoader worker."""
-    def make(mb):
-        dataset.set_epoch(mb.epoch)
-        dataset.enable_qa(mb.epoch >= qa_from_epoch)
-        return dataset.make_batch(mb.indices)
-    return make
+class MakePacked:
+    """MicroBatch -> packed batch (data.pretrain.make_packed); epoch-dependent masking and the
+    QA switch set per call, so it is correct in any DataLoader worker (picklable)."""
+
+    def __init__(self, dataset, qa_from_epoch: int, features_on_device: bool = False):
+        self.dataset, self.qa_from_epoch = dataset, qa_from_epoch
+        self.features_on_device = features_on_device
+
+    def __call__(self, mb):
+        self.dataset.set_epoch(mb.epoch)
+        self.dataset.enable_qa(mb.epoch >= self.qa_from_epoch)
+        return self.dataset.make_packed(mb.indices, features_on_device=self.features_on_device)
+
+
+make_batch_fn = MakePacked

@@ -9,11 +9,16 @@ compilation on, fine-tuning text is padded to `max_seq_len` (pretraining text al
 objects are always padded to `max_boxes` by the feature store's gather).
 Device side (`*_forward`): one model call; the per-task losses and `present` stay on the device
 (loop.micro_step stacks them into the loss row, read only when the loop logs).
-A batch is {"model": model kwargs, "present": {task: 0-d tensor}}.
+A batch is {"model": model kwargs, "present": {task: 0-d tensor}}; a pretraining batch also has
+"visual", the packed visual half (lxmert_fast.data.batch: float16 features or, with the feature
+table on the device, image indices), which the forward unpacks on the device.
 """
 import torch
 
+from lxmert_fast.data.batch import unpack_visual
 from lxmert_fast.heads import mlm_gather_index
+
+from .engine import engine_dtype
 
 PAD_TEXT = {"input_ids": 0, "token_type_ids": 0, "attention_mask": 0}
 
@@ -24,15 +29,17 @@ def _flag(labels: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_pretrain(batch: dict) -> dict:
-    """A pretraining batch (data.pretrain.make_batch) -> the step's batch: MLM gather positions
-    (the head runs on the masked tokens only, static capacity) and the task presence flags."""
+    """A packed pretraining batch (data.pretrain.make_packed) -> the step's batch: MLM gather
+    positions (the head runs on the masked tokens only, static capacity), the task presence
+    flags, and the packed visual half apart."""
+    visual = batch.pop("visual")
     present = {}
     if batch.get("labels") is not None:
         batch["mlm_positions"] = mlm_gather_index(batch["labels"])
         present["mlm"] = _flag(batch["labels"])
     if batch.get("ans") is not None:
         present["qa"] = _flag(batch["ans"])
-    return {"model": batch, "present": present}
+    return {"model": batch, "visual": visual, "present": present}
 
 
 class PretrainBatches:
@@ -45,11 +52,23 @@ class PretrainBatches:
         return prepare_pretrain(self.make_batch(mb))
 
 
-def pretrain_forward(engine, batch: dict):
-    """-> (total loss, {task: loss}, {task: present}), all on the device. A task whose labels are
-    all ignored in this micro-batch contributes 0 to the total and has present 0."""
-    out = engine(**batch["model"])
-    return out.loss, out.losses, batch["present"]
+class PretrainForward:
+    """(engine, batch) -> (total loss, {task: loss}, {task: present}), all on the device: the
+    visual half unpacked (corruption, cast, regression target) with ``table``, the device
+    feature table when batches carry image indices. A task whose labels are all ignored in this
+    micro-batch contributes 0 to the total and has present 0."""
+
+    def __init__(self, table=None):
+        self.table = table
+
+    def __call__(self, engine, batch: dict):
+        model = dict(batch["model"])
+        model.update(unpack_visual(batch["visual"], engine_dtype(engine), table=self.table))
+        out = engine(**model)
+        return out.loss, out.losses, batch["present"]
+
+
+pretrain_forward = PretrainForward()
 
 
 def pad_text(batch: dict, length: int) -> dict:

@@ -1,4 +1,6 @@
 """Fixtures for the data tests: one small synthetic world per session (TSV only, no store)."""
+import os
+
 import pytest
 
 from lxmert_fast.data.tokenization import load_tokenizer
@@ -22,3 +24,15 @@ def small_features(small_world):
 @pytest.fixture(scope="session")
 def small_tokenizer(small_world):
     return load_tokenizer(small_world.vocab)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepared_cache(tmp_path_factory):
+    """Prepared corpora of the data tests go to the session's temporary directory."""
+    saved = os.environ.get("LXMERT_FAST_CACHE")
+    os.environ["LXMERT_FAST_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("LXMERT_FAST_CACHE")
+    else:
+        os.environ["LXMERT_FAST_CACHE"] = saved

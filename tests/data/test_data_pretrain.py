@@ -1,4 +1,5 @@
-"""PretrainDataset: examples, matching, QA labels, reproducibility, batch layout for the model."""
+"""PretrainDataset over a prepared corpus: examples, matching, QA labels, reproducibility, batch
+layout for the model."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from lxmert_fast.data.answers import AnswerTable
 from lxmert_fast.data.masking import IGNORE_INDEX
 from lxmert_fast.data.pretrain import PretrainDataset
-from lxmert_fast.data.records import load_records
+from lxmert_fast.data.records import flatten, load_records
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,14 @@ def _make(small_world, small_features, small_tokenizer, **kw):
 def test_one_example_per_image_sentence(ds, small_world):
     recs = load_records(small_world.splits["pretrain_train"])
     assert len(ds) == sum(len(s) for r in recs for s in r["sentf"].values())
-    ex = ds.examples[0]
-    assert ex.uid == f"{recs[0]['img_id']}_mscoco_000" and ex.sent == recs[0]["sentf"]["mscoco"][0]
+    c = ds.corpus
+    assert c.uid(0) == f"{recs[0]['img_id']}_mscoco_000"
+    assert c.sentence(0) == recs[0]["sentf"]["mscoco"][0]
+    examples = flatten(recs)                                  # the original's order and uids
+    assert [c.uid(i) for i in range(len(ds))] == [e.uid for e in examples]
+    assert [ds.images[p] for p in ds.image_of(range(len(ds)))] == [e.img_id for e in examples]
+    assert [c.label(i) for i in range(len(ds))] == \
+        [None if e.label is None else ds.answer_table.prune_label(e.label) for e in examples]
 
 
 def test_batch_layout(ds, small_features):
@@ -45,7 +52,7 @@ def test_batch_layout(ds, small_features):
     assert (b["input_ids"][torch.arange(B), lengths - 1] == ds.sep_id).all()
     assert (b["input_ids"][b["attention_mask"] == 0] == 0).all()
     assert (b["labels"][b["attention_mask"] == 0] == IGNORE_INDEX).all()
-    g = small_features.gather([ds.examples[i].img_id for i in idx])
+    g = small_features.gather([ds.images[p] for p in ds.image_of(idx)])
     assert torch.equal(b["visual_attention_mask"].bool(), g["box_mask"])
     assert torch.equal(b["visual_pos"], g["boxes"]) and float(b["visual_pos"].max()) <= 1.0
     obj, w = b["obj_labels"]["obj"]
@@ -72,7 +79,8 @@ def test_object_corruption(ds, small_features):
     pool = torch.cat([torch.from_numpy(np.array(small_features[i]["features"]))
                       for i in small_features.ids])
     for bi, slot in zip(*torch.nonzero(replaced, as_tuple=True)):
-        own = torch.from_numpy(np.array(small_features[ds.examples[idx[bi]].img_id]["features"]))
+        img_id = ds.images[ds.image_of([idx[bi]])[0]]
+        own = torch.from_numpy(np.array(small_features[img_id]["features"]))
         assert ((pool == vf[bi, slot]).all(-1)).any() and not ((own == vf[bi, slot]).all(-1)).any()
 
 
@@ -90,7 +98,8 @@ def test_matching_and_qa_labels(ds):
             n_qa += 1
         else:
             assert a == IGNORE_INDEX
-        own = ds._tokens[i]
+        t = ds.corpus.text_id[i]
+        own = ds.corpus.tokens[ds.corpus.tok_offsets[t]:ds.corpus.tok_offsets[t + 1]]
         n = int(b["attention_mask"][i].sum()) - 2
         if m == 1:
             assert n == len(own)
@@ -98,12 +107,12 @@ def test_matching_and_qa_labels(ds):
 
 
 def test_unmatched_sentence_comes_from_another_image(ds):
-    for i in range(0, len(ds), 5):
-        d = ds._draw(i)
-        if d["matched"] == 0:
-            assert ds.examples[d["sent"]].img_id != ds.examples[i].img_id
-        else:
-            assert d["sent"] == i
+    idx = np.arange(len(ds))
+    sent, matched = ds._sentences(idx)
+    neg = matched == 0
+    assert neg.any() and (sent[~neg] == idx[~neg]).all()
+    assert (ds.image_of(sent[neg]) != ds.image_of(idx[neg])).all()
+    assert len(np.unique(sent[neg])) > 0.5 * neg.sum()        # spread over the corpus
 
 
 def _equal(a, b):
@@ -239,7 +248,7 @@ def test_shuffled_images_keep_text_and_labels(small_world, small_features, small
     for key in ("input_ids", "attention_mask", "labels", "matched_label", "ans"):
         assert torch.equal(own[key], shuf[key]), key
     for b, i in enumerate(idx):                 # the image shown is the deranged one
-        other = ev.images[perm[ev._img_pos[i]]]
+        other = ev.images[perm[ev.image_of([i])[0]]]
         want = small_features.gather([small_features.index(other)], max_boxes=ev.max_boxes)
         assert torch.equal(shuf["obj_labels"]["obj"][0][b], want["objects_id"][0].long())
         assert torch.equal(shuf["visual_pos"][b], want["boxes"][0].float())

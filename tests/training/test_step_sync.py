@@ -7,6 +7,7 @@ synchronising variants (boolean-mask MLM head, presence read with .any() on the 
 import pytest
 import torch
 
+from lxmert_fast.data.batch import unpack_visual
 from lxmert_fast.training import loop, pretrain, step
 from lxmert_fast.training.engine import engine_dtype, to_device
 from lxmert_fast.training.sampler import MicroBatch
@@ -29,8 +30,9 @@ def test_train_step_has_no_sync_or_data_dependent_op(process_group, cache, stage
     engine, batches, _ = build_pretrain_step(cache, ["--qa_from_epoch", "0"], cfg)
     engine.train()
     batch = _micro_batch(batches, engine)
-    assert set(batch["model"]) >= {"labels", "obj_labels", "matched_label", "ans",
-                                   "mlm_positions"}
+    assert set(batch["model"]) >= {"labels", "matched_label", "ans", "mlm_positions"}
+    assert set(batch["visual"]) >= {"feats", "obj_chosen", "obj_zero", "lent_slot",
+                                    "lent_feats"}                   # unpacked in the step
     detector = SyncDetector()
     with detector:
         row = loop.micro_step(engine, step.pretrain_forward, batch, pretrain.TASKS)
@@ -48,6 +50,7 @@ def test_detector_catches_the_synchronising_variants(process_group, cache):
     engine.train()
     batch = _micro_batch(batches, engine)
     model = dict(batch["model"])
+    model.update(unpack_visual(batch["visual"], engine_dtype(engine)))
     model.pop("mlm_positions")
     detector = SyncDetector()
     with detector:

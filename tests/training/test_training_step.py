@@ -4,6 +4,7 @@ presence flags from its CPU labels; fine-tuning text is padded to max_seq_len on
 import pytest
 import torch
 
+from lxmert_fast.data.batch import PackedVisual
 from lxmert_fast.training import loop, step
 
 
@@ -12,16 +13,21 @@ def _pretrain_batch(mlm=True, qa=True):
     if mlm:
         labels[1, 3] = 7
     ans = torch.tensor([4, -100]) if qa else torch.tensor([-100, -100])
-    return {"input_ids": torch.ones(2, 5, dtype=torch.long), "labels": labels, "ans": ans}
+    return {"input_ids": torch.ones(2, 5, dtype=torch.long), "labels": labels, "ans": ans,
+            "visual": PackedVisual(feats=torch.zeros(2, 3, 4, dtype=torch.float16))}
 
 
 def test_pretrain_batch_gets_positions_and_presence():
-    out = step.prepare_pretrain(_pretrain_batch())
+    batch = _pretrain_batch()
+    visual = batch["visual"]
+    out = step.prepare_pretrain(batch)
+    assert out["visual"] is visual and "visual" not in out["model"]   # unpacked on the device
     assert out["model"]["mlm_positions"][0].item() == 8         # flat position of (1, 3)
     assert out["present"]["mlm"].item() == 1.0 and out["present"]["qa"].item() == 1.0
     out = step.prepare_pretrain(_pretrain_batch(mlm=False, qa=False))
     assert out["present"]["mlm"].item() == 0.0 and out["present"]["qa"].item() == 0.0
-    out = step.prepare_pretrain({"input_ids": torch.ones(2, 5), "labels": None, "ans": None})
+    out = step.prepare_pretrain({"input_ids": torch.ones(2, 5), "labels": None, "ans": None,
+                                 "visual": PackedVisual()})
     assert out["present"] == {} and "mlm_positions" not in out["model"]
 
 

@@ -1,0 +1,293 @@
+"""The pretraining data path at the real corpus's scale (issue 23), the old path beside the new.
+
+Records of LXMERT's shape (benchmarks/corpus_shape.py: 51 sentences per image, words of the BERT
+vocab, soft labels) at ``LXMERT_DATA_BENCH_IMAGES`` images (default 180,000: 9.18M sentences;
+40 under --benchmark-disable, as CI runs it), on this machine:
+
+- prepare: records -> prepared corpus, seconds (target <= 180 at 9.18M);
+- open: a prepared corpus opened as train.py opens it (PretrainDataset over the feature store),
+  seconds (target <= 2) and the process's anonymous memory growth (target <= 150 MB: mapped
+  pages aside), beside the old PretrainDataset built from the JSON (a Python object per sentence)
+  at min(1M, all) sentences;
+- worker memory: a DataLoader with 2 workers building batches of 32 for 1,000 batches; each
+  worker's anonymous memory growth from batch 10 to the end (target <= 50 MB);
+- batch building: batch 256 of 36 x 2048 float16 features (a store of 2,048 images, page cache)
+  on one core, samples/s (target >= 8,000; old path 1,232) and bytes per sample sent to the
+  device (targets <= 160 KB; <= 2 KB with the feature table on the device; old 592 KB);
+- step: the CPU training step of the small model at batch 32 with each input path and with one
+  batch kept resident (no input work at all): the loader is not what limits it.
+
+Memory is read from /proc/PID/smaps_rollup (Anonymous: the process's own memory, not the page
+cache it maps).
+"""
+import gc
+import glob
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.common import benchmarks_disabled, record
+from benchmarks.corpus_shape import write_corpus, write_features
+
+FULL_IMAGES = 180_000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _images(quick: bool) -> int:
+    return 40 if quick else int(os.environ.get("LXMERT_DATA_BENCH_IMAGES", FULL_IMAGES))
+
+
+def anon_mb(pid: int = None) -> float:
+    """Anonymous memory of a process (smaps_rollup), MB."""
+    with open(f"/proc/{pid or os.getpid()}/smaps_rollup", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Anonymous line in /proc/{pid}/smaps_rollup")
+
+
+def _tokenizer():
+    from lxmert_fast.data.tokenization import load_tokenizer, resolve_vocab
+
+    return load_tokenizer(resolve_vocab(None))
+
+
+@pytest.fixture(scope="module")
+def corpus(request, tmp_path_factory):
+    """Record files, a feature store of every image (dim 16) and the prepared directory path."""
+    quick = benchmarks_disabled(request.config)
+    n = _images(quick)
+    root = str(tmp_path_factory.mktemp("corpus"))
+    paths = write_corpus(root, n)
+    store = write_features(os.path.join(root, "features.store"), n, dim=16)
+    return {"quick": quick, "images": n, "records": paths, "store": store,
+            "prepared": os.path.join(root, "prepared"), "root": root}
+
+
+def test_prepare(benchmark, corpus):
+    from lxmert_fast.data.prepare import prepare_corpus
+
+    benchmark.group = "data-prepare"
+    tok = _tokenizer()
+    out = benchmark.pedantic(prepare_corpus, args=(corpus["records"], corpus["prepared"], tok,
+                                                   20), kwargs={"show": False},
+                             rounds=1, iterations=1)
+    n = len(out)
+    assert n == corpus["images"] * 51
+    info = record(benchmark, variant="prepare", shapes={"sentences": n,
+                                                        "images": corpus["images"]})
+    seconds = benchmark.stats.stats.median if benchmark.stats else None
+    if seconds is not None:
+        info["seconds"] = seconds
+        info["disk_mb"] = sum(os.path.getsize(p) for p in glob.glob(
+            os.path.join(corpus["prepared"], "*"))) / 2**20
+        if corpus["images"] >= FULL_IMAGES:
+            assert seconds <= 180, seconds
+
+
+def _open(prepared, store):
+    from lxmert_fast.data.pretrain import PretrainDataset
+    from lxmert_fast.features import FeatureStore
+
+    return PretrainDataset(prepared, FeatureStore(store), _tokenizer())
+
+
+def test_open(benchmark, corpus):
+    from lxmert_fast.data.prepared import open_prepared
+
+    benchmark.group = "data-open"
+    if not os.path.exists(corpus["prepared"]):
+        pytest.skip("test_prepare did not run")
+    gc.collect()
+    before = anon_mb()
+    started = time.perf_counter()
+    ds = _open(corpus["prepared"], corpus["store"])
+    seconds = time.perf_counter() - started
+    grown = anon_mb() - before
+    benchmark.pedantic(open_prepared, args=(corpus["prepared"],), rounds=3, iterations=1)
+    record(benchmark, variant="prepared", shapes={"sentences": len(ds)},
+           dataset_open_seconds=seconds, anon_growth_mb=grown)
+    if not corpus["quick"]:
+        assert seconds <= 2.0 and grown <= 150, (seconds, grown)
+
+
+_OLD = """
+import sys, time, os, json
+sys.path.insert(0, {root!r})
+from benchmarks.baseline_pretrain import PretrainDataset
+from benchmarks.test_data_bench import anon_mb, _tokenizer
+from lxmert_fast.features import FeatureStore
+tok = _tokenizer(); store = FeatureStore({store!r})
+before = anon_mb(); t = time.perf_counter()
+ds = PretrainDataset({records!r}, store, tok)
+print(json.dumps({{"seconds": time.perf_counter() - t, "anon_growth_mb": anon_mb() - before,
+                  "sentences": len(ds)}}))
+"""
+
+
+def test_open_old_path(benchmark, corpus):
+    """The old PretrainDataset from JSON (a fresh process), on the first files up to ~1M."""
+    import json
+
+    benchmark.group = "data-open"
+    paths, total = [], 0
+    for p in corpus["records"]:
+        if total >= 1_000_000:
+            break
+        paths.append(p)
+        total += corpus["images"] * 51 // len(corpus["records"])
+    script = _OLD.format(root=ROOT, store=corpus["store"], records=paths)
+    out = benchmark.pedantic(lambda: subprocess.run([sys.executable, "-c", script], check=True,
+                                                    capture_output=True, text=True, cwd=ROOT),
+                             rounds=1, iterations=1)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    record(benchmark, variant="old-json-objects", shapes={"sentences": figures["sentences"]},
+           dataset_open_seconds=figures["seconds"], anon_growth_mb=figures["anon_growth_mb"])
+
+
+class _Packed(torch.utils.data.Dataset):
+    def __init__(self, ds, batch):
+        self.ds, self.batch = ds, batch
+
+    def __len__(self):
+        return len(self.ds) // self.batch
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng(i)
+        return self.ds.make_packed(rng.integers(0, len(self.ds), self.batch))
+
+
+def test_worker_memory(benchmark, corpus):
+    benchmark.group = "data-worker-memory"
+    if not os.path.exists(corpus["prepared"]):
+        pytest.skip("test_prepare did not run")
+    ds = _open(corpus["prepared"], corpus["store"])
+    batches = 60 if corpus["quick"] else 1000
+
+    def run():
+        loader = torch.utils.data.DataLoader(_Packed(ds, 32), batch_size=None, num_workers=2,
+                                             sampler=range(batches), persistent_workers=True)
+        it = iter(loader)
+        for _ in range(10):
+            next(it)
+        pids = [w.pid for w in it._workers]
+        early = [anon_mb(p) for p in pids]
+        for _ in it:
+            pass
+        late = [anon_mb(p) for p in pids]
+        del it, loader
+        return max(b - a for a, b in zip(early, late)), late
+
+    growth, late = benchmark.pedantic(run, rounds=1, iterations=1)
+    record(benchmark, variant="2-workers", shapes={"batches": batches, "batch": 32},
+           worker_anon_growth_mb=growth, worker_anon_mb=late)
+    if not corpus["quick"]:
+        assert growth <= 50, growth
+
+
+@pytest.fixture(scope="module")
+def feats_corpus(request, tmp_path_factory):
+    """2,048 images (40 when quick) with 36 x 2048 float16 features and their records."""
+    quick = benchmarks_disabled(request.config)
+    n = 40 if quick else 2048
+    root = str(tmp_path_factory.mktemp("feats_corpus"))
+    paths = write_corpus(root, n, files=1)
+    store = write_features(os.path.join(root, "features.store"), n, dim=2048)
+    return {"quick": quick, "records": paths, "store": store, "root": root,
+            "batch": 16 if quick else 256}
+
+
+def _bytes(batch) -> int:
+    total = 0
+    for v in (batch.values() if isinstance(batch, dict) else batch):
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, (dict, tuple, list)):
+            total += _bytes(v)
+    return total
+
+
+@pytest.mark.parametrize("path", ["old", "host", "device-table"])
+def test_batch_building(benchmark, feats_corpus, path):
+    from lxmert_fast.data.pretrain import PretrainDataset
+    from lxmert_fast.features import FeatureStore
+
+    benchmark.group = "data-batch-building"
+    B, tok, store = feats_corpus["batch"], _tokenizer(), FeatureStore(feats_corpus["store"])
+    if path == "old":
+        from benchmarks.baseline_pretrain import PretrainDataset as Old
+
+        ds = Old(feats_corpus["records"], store, tok)
+        build = ds.make_batch
+    else:
+        ds = PretrainDataset(feats_corpus["records"], store, tok,
+                             cache_dir=feats_corpus["root"])
+        build = (lambda i: ds.make_packed(i, features_on_device=path == "device-table"))
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, len(ds), B).tolist() for _ in range(8)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # one core, as a DataLoader worker (gather threads too)
+    try:
+        counter = iter(range(10 ** 9))
+        out = benchmark(lambda: build(batches[next(counter) % len(batches)]))
+    finally:
+        torch.set_num_threads(threads)
+    per_sample = _bytes(out) / B
+    record(benchmark, variant=path, baselines=() if path == "old" else ("old",),
+           shapes={"batch": B, "boxes": 36, "dim": 2048}, samples=B,
+           bytes_per_sample=per_sample)
+    if path == "host":
+        assert per_sample <= 160_000, per_sample
+    if path == "device-table":
+        assert per_sample <= 2_000, per_sample
+
+
+@pytest.mark.parametrize("path", ["resident", "host", "device-table"])
+def test_cpu_step_with_each_input_path(benchmark, feats_corpus, path):
+    """The small model's training step at batch 32 on this CPU, its batch built in the timed
+    call (host, device-table) or one batch kept resident (no input work: the upper bound)."""
+    from lxmert_fast import LxmertConfig, LxmertForPreTraining
+    from lxmert_fast.data.batch import unpack_visual
+    from lxmert_fast.data.feature_table import load_feature_table
+    from lxmert_fast.data.pretrain import PretrainDataset
+    from lxmert_fast.features import FeatureStore
+    from lxmert_fast.training.step import prepare_pretrain
+
+    benchmark.group = "data-cpu-step"
+    B = 4 if feats_corpus["quick"] else 32
+    ds = PretrainDataset(feats_corpus["records"], FeatureStore(feats_corpus["store"]),
+                         _tokenizer(), cache_dir=feats_corpus["root"])
+    table = load_feature_table(ds.features, ds.max_boxes, "cpu") \
+        if path == "device-table" else None
+    torch.manual_seed(0)
+    model = LxmertForPreTraining(LxmertConfig(
+        vocab_size=30522, hidden_size=128, num_attention_heads=4, intermediate_size=512,
+        l_layers=2, x_layers=2, r_layers=2, num_qa_labels=len(ds.answer_table),
+        kernel_impl="torch")).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+
+    def inputs():
+        batch = prepare_pretrain(ds.make_packed(rng.integers(0, len(ds), B),
+                                                features_on_device=table is not None))
+        kwargs = dict(batch["model"])
+        kwargs.update(unpack_visual(batch["visual"], torch.float32, table=table))
+        return kwargs
+
+    resident = inputs()
+
+    def step():
+        out = model(**(resident if path == "resident" else inputs()))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    benchmark.pedantic(step, rounds=2 if feats_corpus["quick"] else 10, iterations=1)
+    record(benchmark, variant=path, baselines=() if path == "resident" else ("resident",),
+           shapes={"batch": B, "model": "small 2/2/2 hidden 128"}, samples=B)
