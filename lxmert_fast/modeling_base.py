@@ -40,13 +40,10 @@ class LxmertPreTrainedModel(nn.Module):
     _keys_to_ignore_on_load_unexpected = None
     _no_split_modules = None
 
-    def __init__(self, config: LxmertConfig, *args, **kwargs):
+    def __init__(self, config: LxmertConfig):
         if not isinstance(config, LxmertConfig):
             raise TypeError(f"{type(self).__name__} needs an LxmertConfig, got "
                             f"{type(config).__name__}")
-        if args or kwargs:
-            raise TypeError(f"{type(self).__name__}.__init__ takes only a config; got extra "
-                            f"arguments {args} {sorted(kwargs)}")
         config.check_buildable()
         super().__init__()
         self.config = config
@@ -138,9 +135,20 @@ class LxmertPreTrainedModel(nn.Module):
         """Recompute each encoder layer in the backward instead of keeping its activations
         (``torch.utils.checkpoint.checkpoint``, ``use_reentrant=False`` unless the kwargs say
         otherwise); only while training, as transformers."""
-        kwargs = dict(gradient_checkpointing_kwargs or {})
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None,
+                                        every_n_layers: int = 1, offload: bool = False):
+        """transformers 5's name (Trainer calls it): ``every_n_layers`` checkpoints layers 0, n,
+        2n, ... in the order they run (language, object-relationship, cross-modality)."""
+        if offload:
+            raise ValueError(f"{type(self).__name__}: activation checkpointing with offload=True "
+                             f"(activations to CPU memory) is not supported")
+        if not isinstance(every_n_layers, int) or every_n_layers < 1:
+            raise ValueError(f"every_n_layers={every_n_layers!r} must be an int >= 1")
+        kwargs = dict(activation_checkpointing_kwargs or {})
         for encoder in self._encoders():
-            encoder.set_checkpointing(True, **kwargs)
+            encoder.set_checkpointing(True, every_n_layers, **kwargs)
         if kwargs.get("use_reentrant", False):  # reentrant: an input must require grad
             self.enable_input_require_grads()
 
@@ -152,8 +160,7 @@ class LxmertPreTrainedModel(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return any(encoder.gradient_checkpointing for encoder in self._encoders())
 
-    activation_checkpointing_enable = gradient_checkpointing_enable   # transformers 5 names
-    activation_checkpointing_disable = gradient_checkpointing_disable
+    activation_checkpointing_disable = gradient_checkpointing_disable   # transformers 5 names
     is_activation_checkpointing = is_gradient_checkpointing
 
     # ---- vocabulary ----------------------------------------------------------------------
@@ -187,9 +194,12 @@ class LxmertPreTrainedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def num_parameters(self, only_trainable: bool = False) -> int:
-        unique = {id(p): p for p in self.parameters()}.values()
-        return sum(p.numel() for p in unique if p.requires_grad or not only_trainable)
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameters counted once (the tied decoder is the embedding), as transformers."""
+        embeddings = {f"{name}.weight" for name, m in self.named_modules()
+                      if isinstance(m, nn.Embedding)} if exclude_embeddings else set()
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if name not in embeddings and (p.requires_grad or not only_trainable))
 
     # ---- loading and saving --------------------------------------------------------------
     @classmethod

@@ -281,21 +281,22 @@ class LxmertEncoder(nn.Module):
         self.layer = nn.ModuleList([LxmertLayer(config) for _ in range(config.l_layers)])
         self.x_layers = nn.ModuleList([LxmertXLayer(config) for _ in range(config.x_layers)])
         self.r_layers = nn.ModuleList([LxmertLayer(config) for _ in range(config.r_layers)])
-        self.gradient_checkpointing = False
-        self._checkpoint = functools.partial(torch.utils.checkpoint.checkpoint,
-                                             use_reentrant=False)
+        self.set_checkpointing(False)
 
-    def set_checkpointing(self, enable: bool, **checkpoint_kwargs):
-        """Checkpoint every layer (language, object-relationship, cross-modality) in training;
-        ``checkpoint_kwargs`` go to ``torch.utils.checkpoint.checkpoint`` (default
-        ``use_reentrant=False``)."""
+    def set_checkpointing(self, enable: bool, every_n_layers: int = 1, **checkpoint_kwargs):
+        """Checkpoint layers 0, n, 2n, ... in the order they run (language, object-relationship,
+        cross-modality) in training; ``checkpoint_kwargs`` go to
+        ``torch.utils.checkpoint.checkpoint`` (default ``use_reentrant=False``)."""
         self.gradient_checkpointing = bool(enable)
+        layers = [*self.layer, *self.r_layers, *self.x_layers]
+        self._checkpointed = {id(m) for i, m in enumerate(layers) if i % every_n_layers == 0}
         self._checkpoint = functools.partial(torch.utils.checkpoint.checkpoint,
                                              **{"use_reentrant": False, **checkpoint_kwargs})
 
     def _run(self, layer, *args):
         """``layer(*args)``, through the activation checkpoint when it is on and grads flow."""
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled() \
+                and id(layer) in self._checkpointed:
             return self._checkpoint(layer, *args)
         return layer(*args)
 

@@ -149,3 +149,16 @@ def test_checkpointing_under_zero2_and_zero3():
     for name in ("zero2_ckpt", "zero3_ckpt"):
         for step, (a, b) in enumerate(zip(plain, result[name])):
             assert abs(a - b) <= 1e-5 * abs(a), f"{name} step {step}: loss {b} vs {a}"
+
+
+def test_every_n_layers_and_refused_offload():
+    """transformers 5's ``activation_checkpointing_enable(kwargs, every_n_layers, offload)``."""
+    model = randomize_(LxmertForPreTraining(LxmertConfig(**TINY, kernel_impl="torch"))).train()
+    model.activation_checkpointing_enable(every_n_layers=2)
+    calls = _counting(model)
+    model(**inputs())[0].sum().backward()
+    assert len(calls) == 5  # 3 layers run; the 1st and 3rd (language, cross) recomputed
+    with pytest.raises(ValueError, match="offload=True"):
+        model.activation_checkpointing_enable(offload=True)
+    with pytest.raises(ValueError, match="every_n_layers=0"):
+        model.activation_checkpointing_enable(every_n_layers=0)

@@ -209,3 +209,25 @@ def test_save_pretrained_state_dict_argument_loads_in_transformers(tmp_path):
     assert os.listdir(tmp_path) and not ours.save_pretrained(str(tmp_path / "x"),
                                                              is_main_process=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_loading_options_and_refusals(tmp_path):
+    ours, _ = pair("LxmertModel")
+    ours.save_pretrained(str(tmp_path), safe_serialization=False)  # pytorch_model.bin
+    cls = lxmert_fast.LxmertModel
+    for device_map in ("cpu", {"": "cpu"}, torch.device("cpu")):
+        assert cls.from_pretrained(str(tmp_path), device_map=device_map).device.type == "cpu"
+    with pytest.raises(ValueError, match="splits the model"):
+        cls.from_pretrained(str(tmp_path), device_map={"encoder": "cpu", "pooler": "cpu"})
+    assert cls.from_pretrained(str(tmp_path), use_safetensors=False, cache_dir=str(tmp_path),
+                               local_files_only=True, revision="main").training is False
+    with pytest.raises(FileNotFoundError, match=r"model.safetensors.*use_safetensors=True"):
+        cls.from_pretrained(str(tmp_path), use_safetensors=True)
+    with pytest.raises(ValueError, match="revision='v2'"):
+        cls.from_pretrained(str(tmp_path), revision="v2")
+    with pytest.raises(TypeError, match="variant= is not supported"):
+        cls.from_pretrained(str(tmp_path), variant="fp16")
+    with pytest.raises(ValueError, match="unknown key 'hiden_size'; did you mean 'hidden_size'"):
+        cls.from_pretrained(str(tmp_path), hiden_size=3)
+    with pytest.raises(TypeError, match="takes 2 positional arguments"):  # as transformers
+        cls.from_pretrained(str(tmp_path), "extra")
