@@ -58,8 +58,11 @@ def _reset_peak() -> float:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-        f.write("5")  # resets VmHWM to the current resident set
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+    except OSError as err:  # a kernel or container that refuses: the peak is since start
+        pytest.skip(f"cannot reset the peak resident set (/proc/self/clear_refs: {err})")
     return _rss_gb("VmRSS")
 
 

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from lxmert_fast.config import LxmertConfig
 from lxmert_fast.heads import LxmertForNLVR2, LxmertForPreTraining, LxmertForQuestionAnswering
 from lxmert_fast.modeling import LxmertModel
-from lxmert_fast.modeling_convert import from_transformers
+from lxmert_fast.modeling_loading import from_transformers
 
 __all__ = ["LxmertConfig", "LxmertModel", "LxmertForPreTraining", "LxmertForQuestionAnswering",
            "LxmertForNLVR2", "from_transformers", "__version__"]

@@ -19,6 +19,12 @@ dtype=None, torch_dtype=None, output_loading_info=False, ignore_mismatched_sizes
   "auto", as transformers 5), ``device_map`` (one device), the model in eval mode.
 Keyword arguments that are config fields override the config; ``strict=True`` (ours) raises on
 missing or unexpected keys. Hub-only arguments (``cache_dir``, ``token``, ...) have no effect.
+
+``from_transformers(model)``: our equivalent of a transformers ``LxmertModel`` /
+``LxmertForPreTraining`` / ``LxmertForQuestionAnswering`` instance, for code that keeps building
+or loading transformers' classes: the config's LXMERT fields copied, the state dict loaded strictly
+(every key, every shape), the input's device, dtype and train/eval mode. transformers is not
+imported: the instance is read through its class name, ``config.to_dict()`` and ``state_dict()``.
 """
 import copy
 import dataclasses
@@ -254,3 +260,49 @@ def read_weights(path: str, weights_only: bool = True) -> Dict[str, torch.Tensor
     if os.path.isfile(path):
         return _read_file(path, weights_only)
     raise FileNotFoundError(f"{path}: no such directory or file")
+
+
+# ---- from a transformers instance -----------------------------------------------------------
+CONVERTIBLE = ("LxmertModel", "LxmertForPreTraining", "LxmertForQuestionAnswering")
+
+
+def _our_class(name: str):
+    import lxmert_fast
+
+    return getattr(lxmert_fast, name)
+
+
+def config_from_transformers(hf_config, **overrides) -> LxmertConfig:
+    """An ``LxmertConfig`` with every LXMERT field of transformers' config (its generic
+    PretrainedConfig state, e.g. the attention implementation, is not ours to keep)."""
+    data = hf_config.to_dict()
+    names = set(LxmertConfig.field_names())
+    fields = {k: v for k, v in data.items() if k in names}
+    if fields.get("dtype") is not None:
+        fields["dtype"] = str(fields["dtype"]).replace("torch.", "")
+    return LxmertConfig(**{**fields, **overrides})
+
+
+def from_transformers(model: torch.nn.Module, **config_overrides) -> torch.nn.Module:
+    """Our model with ``model``'s class, weights, device, dtype and mode. ``config_overrides``
+    set our own fields (``kernel_impl``, ``qa_loss``, ...)."""
+    name = type(model).__name__
+    if name not in CONVERTIBLE or not hasattr(model, "config"):
+        raise TypeError(f"from_transformers: expected a transformers {' / '.join(CONVERTIBLE)} "
+                        f"instance, got {type(model).__module__}.{name}")
+    config = config_from_transformers(model.config, **config_overrides)
+    ours = _our_class(name)(config)
+    params = list(model.parameters())
+    device, dtype = params[0].device, params[0].dtype
+    ours.to(dtype)
+    state = model.state_dict()
+    missing, unexpected = ours.load_state_dict(state, strict=False)
+    if missing or unexpected:  # e.g. a transformers model with extra modules attached
+        raise ckpt.CheckpointError(f"from_transformers: {name} does not fit ours: " + "; ".join(
+            ckpt._listing(t, k) for t, k in (("missing keys", missing),
+                                             ("unexpected keys", unexpected)) if k))
+    ours.tie_weights()
+    ours.to(device)
+    ours.name_or_path = getattr(model, "name_or_path", "") or ""
+    return ours.train(model.training)
+

@@ -1,4 +1,4 @@
-"""``lxmert_fast.from_transformers`` (lxmert_fast/modeling_convert.py): our model from a
+"""``lxmert_fast.from_transformers`` (lxmert_fast/modeling_loading.py): our model from a
 transformers instance, with the same weights, device, dtype, mode and outputs."""
 import pytest
 import torch

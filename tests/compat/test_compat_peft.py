@@ -7,7 +7,7 @@ import torch
 
 import lxmert_fast
 from lxmert_fast import LxmertConfig
-from compat_testutil import OURS_ONLY, hf_config, one_thread  # noqa: F401
+from compat_testutil import hf_config, one_thread  # noqa: F401
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
