@@ -2,7 +2,8 @@
 
 Records of LXMERT's shape (benchmarks/corpus_shape.py: 51 sentences per image, words of the BERT
 vocab, soft labels) at ``LXMERT_DATA_BENCH_IMAGES`` images (default 180,000: 9.18M sentences;
-40 under --benchmark-disable, as CI runs it), on this machine:
+40 under --benchmark-disable, as CI runs it; ``LXMERT_DATA_BENCH_DIR``: records and store already
+written there by ``python -m benchmarks.corpus_shape DIR``), on this machine:
 
 - prepare: records -> prepared corpus, seconds (target <= 180 at 9.18M);
 - open: a prepared corpus opened as train.py opens it (PretrainDataset over the feature store),
@@ -63,8 +64,16 @@ def corpus(request, tmp_path_factory):
     quick = benchmarks_disabled(request.config)
     n = _images(quick)
     root = str(tmp_path_factory.mktemp("corpus"))
-    paths = write_corpus(root, n)
-    store = write_features(os.path.join(root, "features.store"), n, dim=16)
+    given = os.environ.get("LXMERT_DATA_BENCH_DIR")
+    if given and not quick:
+        paths = sorted(glob.glob(os.path.join(given, "pretrain_*.json")))
+        store = os.path.join(given, "features.store")
+        from lxmert_fast.features import FeatureStore
+
+        n = len(FeatureStore(store))
+    else:
+        paths = write_corpus(root, n)
+        store = write_features(os.path.join(root, "features.store"), n, dim=16)
     return {"quick": quick, "images": n, "records": paths, "store": store,
             "prepared": os.path.join(root, "prepared"), "root": root}
 
