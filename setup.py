@@ -27,7 +27,7 @@ setup(
     packages=find_packages(include=["lxmert_fast", "lxmert_fast.*"]),
     ext_modules=ext_modules,
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "safetensors", "tokenizers", "tqdm"],
+    install_requires=["torch>=2.5", "numpy", "safetensors", "tokenizers", "tqdm"],
     extras_require={
         "triton": ["triton>=3.0"],
         "train": ["deepspeed>=0.15", "tensorboard", "matplotlib", "ninja"],

@@ -108,3 +108,24 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def write_vqa_split(path: str, num_questions: int, num_images: int, seed: int = 0,
+                    vocab_path: str = None) -> str:
+    """A VQA 2.0-format split (question_id, img_id, sent, soft label, types) over images
+    img0000000.. of ``write_features``: what fine-tuning reads (0.6-1M questions per split)."""
+    from lxmert_fast.data.tokenization import resolve_vocab
+
+    rng = np.random.default_rng(seed)
+    words = _words(vocab_path or resolve_vocab(None))
+    answers = words[rng.choice(len(words), 3129, replace=False)]
+    sents = _sentences(rng, words, num_questions, "?")
+    imgs = rng.integers(0, num_images, num_questions)
+    k = rng.integers(1, 4, num_questions)
+    recs = [{"question_id": int(i), "img_id": f"img{int(imgs[i]):07d}", "sent": sents[i],
+             "label": {str(a): float(s) for a, s in zip(answers[rng.integers(0, 3129, k[i])],
+                                                         SCORES[rng.integers(0, 4, k[i])])},
+             "answer_type": "other", "question_type": "what is"} for i in range(num_questions)]
+    with open(path, "w") as f:
+        json.dump(recs, f)
+    return path

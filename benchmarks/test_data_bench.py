@@ -300,3 +300,49 @@ def test_cpu_step_with_each_input_path(benchmark, feats_corpus, path):
     benchmark.pedantic(step, rounds=2 if feats_corpus["quick"] else 10, iterations=1)
     record(benchmark, variant=path, baselines=() if path == "resident" else ("resident",),
            shapes={"batch": B, "model": "small 2/2/2 hidden 128"}, samples=B)
+
+
+_OLD_TASK = """
+import sys, time, json
+sys.path.insert(0, {root!r})
+from benchmarks.test_data_bench import anon_mb, _tokenizer
+from lxmert_fast.features import FeatureStore
+from lxmert_fast.tasks.answers import AnswerLabels
+from lxmert_fast.tasks.dataset import TaskDataset
+from lxmert_fast.tasks.records import load_records
+tok = _tokenizer(); store = FeatureStore({store!r})
+before = anon_mb(); t = time.perf_counter()
+records = load_records("vqa", [{split!r}]) if {old} else None
+if not {old}:
+    from lxmert_fast.tasks.prepared_records import ensure_task_records
+    records = ensure_task_records("vqa", [{split!r}], tok, 20, cache_dir={cache!r})
+ds = TaskDataset("vqa", records, store, tok, answers=AnswerLabels(["yes"]))
+print(json.dumps({{"seconds": time.perf_counter() - t, "anon_growth_mb": anon_mb() - before,
+                  "questions": len(ds)}}))
+"""
+
+
+@pytest.mark.parametrize("path", ["old", "prepared"])
+def test_finetune_split_open(benchmark, corpus, path):
+    """A VQA split of 600k questions (quick: 400) opened as finetune.py does, in a fresh
+    process (the prepared one already in the cache): seconds and anonymous memory growth."""
+    import json
+
+    from benchmarks.corpus_shape import write_vqa_split
+
+    benchmark.group = "data-finetune-open"
+    split = os.path.join(corpus["root"], "vqa_train.json")
+    if not os.path.exists(split):
+        write_vqa_split(split, 400 if corpus["quick"] else 600_000, corpus["images"])
+    cache = os.path.join(corpus["root"], "cache")
+    if path == "prepared":             # build the cache entry first (untimed)
+        from lxmert_fast.tasks.prepared_records import ensure_task_records
+        ensure_task_records("vqa", [split], _tokenizer(), 20, cache_dir=cache)
+    script = _OLD_TASK.format(root=ROOT, store=corpus["store"], split=split,
+                              old=path == "old", cache=cache)
+    out = benchmark.pedantic(lambda: subprocess.run([sys.executable, "-c", script], check=True,
+                                                    capture_output=True, text=True, cwd=ROOT),
+                             rounds=1, iterations=1)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    record(benchmark, variant=path, shapes={"questions": figures["questions"]},
+           dataset_open_seconds=figures["seconds"], anon_growth_mb=figures["anon_growth_mb"])

@@ -98,7 +98,9 @@ def key_differences(have: Dict, want: Dict) -> List[str]:
 
 
 class PreparedCorpus:
-    """The arrays of a prepared corpus (read-only memmaps) and its O(images) metadata."""
+    """The arrays of a prepared corpus (read-only memmaps) and its O(images) metadata. The same
+    container holds a fine-tuning split (lxmert_fast/tasks/prepared_records.py: other arrays,
+    ``meta["task"]``)."""
 
     def __init__(self, path: str, meta: Dict):
         self.path, self.meta = path, meta
@@ -109,8 +111,7 @@ class PreparedCorpus:
             self.images: List[str] = f.read().split("\n")[:self.num_images]
         with open(os.path.join(path, "answers.json"), encoding="utf-8") as f:
             self.answers: List[str] = json.load(f)["answers"]
-        for name in ARRAYS:
-            spec = meta["arrays"][name]
+        for name, spec in meta["arrays"].items():
             file = os.path.join(path, name + ".bin")
             if spec["length"] == 0:
                 arr = np.zeros(0, dtype=spec["dtype"])
@@ -168,11 +169,12 @@ def _read_meta(path: str) -> Dict:
 def open_prepared(path: str, expect_key: Optional[Dict] = None) -> PreparedCorpus:
     """Open a prepared corpus; sizes checked, and its key against ``expect_key`` if given."""
     meta = _read_meta(path)
-    for name in ARRAYS + ("images.txt", "answers.json"):
-        spec = meta["arrays"].get(name) if name in ARRAYS else meta["files"].get(name)
+    names = ARRAYS if "task" not in meta else tuple(meta["arrays"])
+    for name in names + ("images.txt", "answers.json"):
+        spec = meta["arrays"].get(name) if name in names else meta["files"].get(name)
         if spec is None:
             raise PreparedCorpusError(f"{path}/meta.json lists no {name}")
-        file = os.path.join(path, name + ".bin" if name in ARRAYS else name)
+        file = os.path.join(path, name + ".bin" if name in names else name)
         size = os.path.getsize(file) if os.path.exists(file) else None
         if size != spec["bytes"]:
             raise PreparedCorpusError(
@@ -187,7 +189,8 @@ def open_prepared(path: str, expect_key: Optional[Dict] = None) -> PreparedCorpu
 
 
 def write_prepared(out: str, arrays: Dict[str, np.ndarray], images: List[str],
-                   answers: List[str], sources: List[str], key: Dict) -> str:
+                   answers: List[str], sources: List[str], key: Dict,
+                   extra_meta: Optional[Dict] = None) -> str:
     """Write the corpus into a temporary directory, fsync, rename to ``out`` (atomic)."""
     parent = os.path.dirname(os.path.abspath(out)) or "."
     os.makedirs(parent, exist_ok=True)
@@ -196,7 +199,7 @@ def write_prepared(out: str, arrays: Dict[str, np.ndarray], images: List[str],
     os.makedirs(tmp)
     try:
         specs, files = {}, {}
-        for name in ARRAYS:
+        for name in arrays:
             arr = np.ascontiguousarray(arrays[name])
             specs[name] = {"dtype": arr.dtype.str, "length": int(arr.shape[0]),
                            "bytes": int(arr.nbytes)}
@@ -208,8 +211,8 @@ def write_prepared(out: str, arrays: Dict[str, np.ndarray], images: List[str],
             files[name] = {"bytes": len(blob)}
             _write_synced(os.path.join(tmp, name), blob)
         meta = {"format": FORMAT, "version": VERSION, "key": key, "key_digest": key_digest(key),
-                "num_sentences": int(len(arrays["image"])), "num_images": len(images),
-                "sources": list(sources), "arrays": specs, "files": files}
+                "num_sentences": int(len(arrays["text_id"])), "num_images": len(images),
+                "sources": list(sources), "arrays": specs, "files": files, **(extra_meta or {})}
         _write_synced(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1).encode())
         _fsync_dir(tmp)
         if os.path.exists(out):

@@ -10,6 +10,10 @@ images of a pair: ``visual_feats`` (B, 2, N, D), ``visual_pos`` (B, 2, N, 4).
 Targets: VQA/GQA ``"bce"`` (B, num_answers) soft scores (the original's BCE target), ``"ce"``
 (B,) the best known answer or -100; NLVR2 (B,) 0/1. ``make_batch`` is a pure function of the
 indices, so any rank or resume point rebuilds the same batch.
+
+``records`` is a list of records.py records, or a prepared split (prepared_records.py: the
+records as memory-mapped arrays, tokenised once; batches take their tokens with numpy). Both give
+the same batches.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 
 from .answers import AnswerLabels
+from .prepared_records import PreparedRecords
 from .records import Nlvr2Record, QARecord, Record, check_task, image_ids
 
 LOSSES = ("bce", "ce")
@@ -41,10 +46,20 @@ class TaskDataset:
             raise ValueError(f"max_seq_len={max_seq_len} leaves no room for a token "
                              "between [CLS] and [SEP]")
         kind = Nlvr2Record if task == "nlvr2" else QARecord
-        bad = next((r for r in records if not isinstance(r, kind)), None)
-        if bad is not None:
-            raise TaskDataError(f"task {task!r} got a {type(bad).__name__} (id {bad.qid!r})")
-        self.records = list(records)
+        if isinstance(records, PreparedRecords):
+            if records.task != task:
+                raise TaskDataError(f"task {task!r} got the prepared {records.task} split "
+                                    f"{records.corpus.path}")
+            if records.corpus.key["max_seq_len"] != max_seq_len:
+                raise TaskDataError(f"{records.corpus.path} was prepared for max_seq_len "
+                                    f"{records.corpus.key['max_seq_len']}, not {max_seq_len}")
+            self.records = records
+        else:
+            bad = next((r for r in records if not isinstance(r, kind)), None)
+            if bad is not None:
+                raise TaskDataError(f"task {task!r} got a {type(bad).__name__} (id "
+                                    f"{bad.qid!r})")
+            self.records = list(records)
         self.features, self.tokenizer, self.answers = features, tokenizer, answers
         self.max_seq_len, self.max_boxes, self.loss = max_seq_len, max_boxes, loss
         self._check_images()
@@ -53,8 +68,14 @@ class TaskDataset:
     def __len__(self):
         return len(self.records)
 
+    def image_ids(self) -> List[str]:
+        """Every image of the split, in first-use order."""
+        if isinstance(self.records, PreparedRecords):
+            return self.records.image_ids()
+        return image_ids(self.records)
+
     def _check_images(self):
-        missing = [img for img in image_ids(self.records) if img not in self.features]
+        missing = [img for img in self.image_ids() if img not in self.features]
         if missing:
             raise TaskDataError(f"{len(missing)} image(s) of the {self.task} records are not in "
                                 f"the feature store ({len(self.features)} images), e.g. "
@@ -79,10 +100,24 @@ class TaskDataset:
         return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
                 "attention_mask": mask}
 
+    def encode_prepared(self, indices: Sequence[int]) -> Dict[str, torch.Tensor]:
+        """``encode`` of the examples' texts, from a prepared split's tokens (no tokenizer)."""
+        tokens, n = self.records.token_rows(np.asarray(indices, dtype=np.int64))
+        B, L = len(n), int(n.max()) + 2
+        ids = np.full((B, L), self._pad, dtype=np.int64)
+        ids[:, 0] = self._cls
+        valid = np.arange(tokens.shape[1])[None, :] < n[:, None]
+        ids[:, 1:tokens.shape[1] + 1] = np.where(valid, tokens, self._pad)
+        ids[np.arange(B), n + 1] = self._sep
+        mask = (np.arange(L)[None, :] < (n + 2)[:, None]).astype(np.int64)
+        ids = torch.from_numpy(ids)
+        return {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
+                "attention_mask": torch.from_numpy(mask)}
+
     def image_derangement(self, seed: int = 0) -> Dict[str, str]:
         """A fixed map of this split's images onto each other with no image left in place (the
         shuffled-image control of the evaluation; one cycle through a seeded permutation)."""
-        imgs = image_ids(self.records)
+        imgs = self.image_ids()
         if len(imgs) < 2:
             raise TaskDataError(f"the shuffled-image control needs >= 2 images, the {self.task} "
                                 f"split has {len(imgs)}")
@@ -125,7 +160,8 @@ class TaskDataset:
         if bad is not None:
             raise IndexError(f"example index {bad} out of range [0, {len(self.records)})")
         recs = [self.records[int(i)] for i in indices]
-        batch = self.encode([r.sent for r in recs])
+        batch = (self.encode_prepared(indices) if isinstance(self.records, PreparedRecords)
+                 else self.encode([r.sent for r in recs]))
         batch.update(self._visual(recs, image_map))
         if with_labels:
             batch["labels"] = self.targets(recs)

@@ -9,7 +9,8 @@ from typing import Optional, Sequence, Tuple
 
 from .answers import AnswerLabels
 from .dataset import TaskDataset
-from .records import check_task, load_records
+from .prepared_records import ensure_task_records
+from .records import check_task
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,11 @@ def load_task_data(task: str, train_paths: Optional[Sequence[str]], valid_paths:
         raise ValueError(f"task {task!r}: no evaluation records given")
     kw = dict(features=features, tokenizer=tokenizer, answers=answers,
               max_seq_len=max_seq_len, max_boxes=max_boxes, loss=loss or spec.loss)
-    train = TaskDataset(task, load_records(task, train_paths), **kw) if train_paths else None
-    valid = TaskDataset(task, load_records(task, valid_paths), **kw)
+    def split(paths):      # prepared once (cached, memory-mapped): no Python record per question
+        return ensure_task_records(task, list(paths), tokenizer, max_seq_len)
+
+    train = TaskDataset(task, split(train_paths), **kw) if train_paths else None
+    valid = TaskDataset(task, split(valid_paths), **kw)
     return TaskData(train, valid, answers, {"train": list(train_paths or []),
                                             "valid": list(valid_paths),
                                             "ans2label": ans2label})
