@@ -82,6 +82,8 @@ phase bench_kernels 60 "${BENCH[@]}" benchmarks/test_kernels_bench.py \
   --benchmark-json "$OUT_DIR/bench_kernels.json"
 phase bench_infer 60 "${BENCH[@]}" benchmarks/test_model_bench.py -k inference \
   --benchmark-json "$OUT_DIR/bench_infer.json"
+phase bench_data 120 "${BENCH[@]}" benchmarks/test_data_bench.py -k gpu_step \
+  --benchmark-json "$OUT_DIR/bench_data.json"
 if [ -f benchmarks/test_features_bench.py ]; then
   phase bench_features 30 "${BENCH[@]}" benchmarks/test_features_bench.py \
     --benchmark-json "$OUT_DIR/bench_features.json"

@@ -346,3 +346,65 @@ def test_finetune_split_open(benchmark, corpus, path):
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     record(benchmark, variant=path, shapes={"questions": figures["questions"]},
            dataset_open_seconds=figures["seconds"], anon_growth_mb=figures["anon_growth_mb"])
+
+
+class _Loader(torch.utils.data.Dataset):
+    """Packed batches of random examples (DataLoader workers build them)."""
+
+    def __init__(self, ds, batch, on_device):
+        self.ds, self.batch, self.on_device = ds, batch, on_device
+
+    def __len__(self):
+        return 10 ** 6
+
+    def __getitem__(self, i):
+        from lxmert_fast.training.step import prepare_pretrain
+
+        idx = np.random.default_rng(i).integers(0, len(self.ds), self.batch)
+        return prepare_pretrain(self.ds.make_packed(idx, features_on_device=self.on_device))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the input paths "
+                    "feeding the base model's step at batch 256")
+@pytest.mark.parametrize("path", ["resident", "host", "device-table"])
+def test_gpu_step_with_each_input_path(benchmark, feats_corpus, path):
+    """Base model (9/5/5), batch 256, bf16 autocast, fused AdamW, the Triton kernels: samples/s
+    with batches from 8 DataLoader workers (pinned, non-blocking) on the host path, with the
+    feature table on the device, and with one batch kept resident (the input-free bound)."""
+    from lxmert_fast import LxmertConfig, LxmertForPreTraining
+    from lxmert_fast.data.batch import unpack_visual
+    from lxmert_fast.data.feature_table import load_feature_table
+    from lxmert_fast.data.pretrain import PretrainDataset
+    from lxmert_fast.features import FeatureStore
+    from lxmert_fast.training.engine import to_device
+
+    benchmark.group = "data-gpu-step"
+    B, device = 256, torch.device("cuda")
+    ds = PretrainDataset(feats_corpus["records"], FeatureStore(feats_corpus["store"]),
+                         _tokenizer(), cache_dir=feats_corpus["root"])
+    table = load_feature_table(ds.features, 36, device) if path == "device-table" else None
+    torch.manual_seed(0)
+    model = LxmertForPreTraining(LxmertConfig(num_qa_labels=len(ds.answer_table))).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    loader = iter(torch.utils.data.DataLoader(
+        _Loader(ds, B, table is not None), batch_size=None, num_workers=8, pin_memory=True,
+        persistent_workers=True, prefetch_factor=4))
+    resident = to_device(next(loader), device, torch.float32)
+
+    def step():
+        batch = resident if path == "resident" else to_device(next(loader), device,
+                                                              torch.float32)
+        kwargs = dict(batch["model"])
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            kwargs.update(unpack_visual(batch["visual"], torch.bfloat16, table=table))
+            loss = model(**kwargs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+
+    for _ in range(3):
+        step()
+    benchmark.pedantic(step, rounds=20, iterations=1)
+    record(benchmark, variant=path, baselines=() if path == "resident" else ("resident",),
+           shapes={"batch": B, "model": "base 9/5/5"}, samples=B)
