@@ -118,16 +118,15 @@ def main(argv=None):
     cli.check_files(args)
     runner.resolve_defaults(args, info["device"])
     data, engine, sampler, ckpt, start, init = build(args, info)
+    ok = False
     try:
         if args.eval_only:
             evaluate_only(args, data, engine, start)
         else:
             train(args, data, engine, sampler, ckpt, start, init)
+        ok = True
     finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        env.shutdown(ok)
 
 
 if __name__ == "__main__":

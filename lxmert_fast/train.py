@@ -82,8 +82,9 @@ def train(args, data, engine, sampler, ckpt, start, table=None):
     def evaluate(eng):
         return evaluate_pretraining(eng, data.valid, sampler.micro_batch, args.eval_examples)
 
-    batches = step.PretrainBatches(pretrain.make_batch_fn(data.train, args.qa_from_epoch,
-                                                          features_on_device=table is not None))
+    batches = step.PretrainBatches(pretrain.make_batch_fn(
+        data.train, args.qa_from_epoch, features_on_device=table is not None,
+        sampler=sampler if args.loss_normalization == "global" else None))
     try:
         done = loop.train(engine, sampler, batches, step.PretrainForward(table), plan,
                           pretrain.TASKS, ckpt, metrics, start, evaluate)
@@ -104,13 +105,12 @@ def main(argv=None):
     cli.check_files(args)
     pretrain.resolve_defaults(args, info["device"])
     state = build(args, info)
+    ok = False
     try:
         train(args, *state)
+        ok = True
     finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        env.shutdown(ok)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,12 @@ from typing import Dict, Optional
 import torch
 
 
-class PackedVisual(dict):
-    """A packed visual batch: training.engine.to_device moves it without casting."""
+class KeepDtype(dict):
+    """Tensors that training.engine.to_device moves without casting to the compute dtype."""
+
+
+class PackedVisual(KeepDtype):
+    """A packed visual batch (moved without casting; unpack_visual casts on the device)."""
 
 
 def lent_capacity(count: int, batch: int, max_boxes: int) -> int:

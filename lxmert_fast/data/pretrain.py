@@ -190,6 +190,21 @@ class PretrainDataset:
                 "attention_mask": torch.from_numpy(attention),
                 "labels": torch.from_numpy(labels) if self.task_mask_lm else None}
 
+    def item_counts(self, indices) -> Dict[str, int]:
+        """How many items the variable-count losses have over examples ``indices``: masked
+        tokens ("mlm") and QA answers ("qa"), as make_packed draws them (for normalising each
+        loss by its count over the whole global batch: training/step.py)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        sent, matched = self._sentences(idx)
+        out = {}
+        if self.task_mask_lm:
+            out["mlm"] = int((self._text(idx, sent)["labels"] >= 0).sum())
+        if self.qa_enabled:
+            c = self.corpus
+            labelled = c.label_offsets[idx + 1] > c.label_offsets[idx]
+            out["qa"] = int((labelled & (matched == 1)).sum())
+        return out
+
     def _answers(self, idx: np.ndarray, matched: np.ndarray) -> Optional[torch.Tensor]:
         if not self.qa_enabled:
             return None

@@ -88,6 +88,7 @@ class PretrainArgs(RunArgs):
     initializer_range: Optional[float] = None   # None: 0.02 x sqrt(768 / hidden)
     itc: Optional[str] = None                 # "on"/"off" (None: the machine default)
     features_on_device: str = "auto"          # the feature table in device memory (auto/on/off)
+    loss_normalization: str = "global"        # MLM/QA means over the global batch, or per micro
 
     def __post_init__(self):
         super().__post_init__()
@@ -100,6 +101,9 @@ class PretrainArgs(RunArgs):
         _positive(self, "max_boxes")
         if self.grounded_mask_rate is not None and not 0.0 <= self.grounded_mask_rate <= 1.0:
             raise ValueError(f"--grounded_mask_rate={self.grounded_mask_rate} must be in [0, 1]")
+        if self.loss_normalization not in ("global", "micro_batch"):
+            raise ValueError(f"--loss_normalization={self.loss_normalization!r} must be global "
+                             f"or micro_batch")
         if self.features_on_device not in ("auto", "on", "off"):
             raise ValueError(f"--features_on_device={self.features_on_device!r} must be auto, on "
                              f"or off")
@@ -180,6 +184,10 @@ def pretrain_parser() -> argparse.ArgumentParser:
       "single-modality encoders' outputs (not in LXMERT's recipe; default: on on CPU, off on GPU)")
     a("--initializer_range", type=float, help="std of the weight init (default 0.02 x "
       "sqrt(768 / hidden): BERT's 0.02 for the base model, scaled up for narrower ones)")
+    a("--loss_normalization", default="global", choices=("global", "micro_batch"),
+      help="global: the masked-LM and QA losses are means over the whole global batch (the "
+      "same objective on any number of ranks and accumulation steps); micro_batch: the "
+      "original's mean per micro-batch, averaged")
     a("--features_on_device", default="auto", choices=("auto", "on", "off"), help="load the "
       "whole feature store into device memory once (batches then carry image indices only); "
       "auto: on CUDA when it fits beside the step, off on CPU")

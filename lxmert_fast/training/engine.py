@@ -7,7 +7,7 @@ DeepSpeed the config's "AdamW" instead would JIT-build FusedAdam (~90 s on CPU).
 """
 import torch
 
-from lxmert_fast.data.batch import PackedVisual
+from lxmert_fast.data.batch import KeepDtype
 
 from . import dist_watch
 from . import ds_config as dsc
@@ -58,10 +58,11 @@ def engine_dtype(engine) -> torch.dtype:
 def to_device(batch, device, dtype: torch.dtype):
     """Move a nested batch (dicts, tuples, lists of tensors) to `device`; floating tensors are
     cast to the engine's compute dtype (DeepSpeed casts the model, not its inputs), except in a
-    PackedVisual, which the step unpacks and casts on the device (float16 crosses once)."""
-    if isinstance(batch, PackedVisual):
-        return PackedVisual({k: v.to(device=device, non_blocking=True)
-                             if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+    KeepDtype dict (a PackedVisual, which the step unpacks and casts on the device: float16
+    crosses once; the float32 loss-normalisation factors)."""
+    if isinstance(batch, KeepDtype):
+        return type(batch)({k: v.to(device=device, non_blocking=True)
+                            if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
     if isinstance(batch, torch.Tensor):
         if batch.is_floating_point():
             return batch.to(device=device, dtype=dtype, non_blocking=True)

@@ -35,7 +35,8 @@ def setup_environment() -> dict:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if "MASTER_PORT" not in os.environ:
+            os.environ.update(MASTER_PORT=str(_free_port()), LXMERT_FAST_OWN_PORT="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         value = os.environ.get(name, "0")
         if not value.isdigit():
@@ -58,10 +59,30 @@ def init_distributed(timeout_s: float = dist_watch.DEFAULT_TIMEOUT_S) -> None:
     watchdog that stops a rank waiting on the others longer than `timeout_s` (dist_watch.py)."""
     import deepspeed
 
-    deepspeed.init_distributed(timeout=dist_watch.process_group_timeout(timeout_s))
+    for attempt in range(3):
+        try:
+            deepspeed.init_distributed(timeout=dist_watch.process_group_timeout(timeout_s))
+            break
+        except RuntimeError as e:   # a one-process run's own port, taken since it was chosen
+            if os.environ.get("LXMERT_FAST_OWN_PORT") != "1" or "EADDRINUSE" not in str(e) \
+                    or attempt == 2:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
     dist_watch.configure(timeout_s, rank())
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown(ok: bool) -> None:
+    """End the process group: after a run that ended well, once every rank got there (a rank
+    that destroys its group while another still communicates can abort in gloo's threads);
+    after a failure, not at all (the other ranks may be inside a collective: the launcher ends
+    them)."""
+    if not torch.distributed.is_initialized() or not ok:
+        return
+    with dist_watch.waiting("shutting down: waiting for every rank to finish"):
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def rank() -> int:

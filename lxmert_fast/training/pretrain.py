@@ -204,16 +204,44 @@ def save_run_info(args, data: PretrainData, config, ds_config: dict, world_size:
 
 class MakePacked:
     """MicroBatch -> packed batch (data.pretrain.make_packed); epoch-dependent masking and the
-    QA switch set per call, so it is correct in any DataLoader worker (picklable)."""
+    QA switch set per call, so it is correct in any DataLoader worker (picklable).
 
-    def __init__(self, dataset, qa_from_epoch: int, features_on_device: bool = False):
+    With ``sampler`` (the run's ResumableBatchSampler) the batch also carries ``loss_norm``:
+    for the losses whose item count varies (masked tokens, QA answers), the factor that turns
+    this micro-batch's mean into its share of the mean over the whole global batch (every
+    micro-batch of every rank): local count x micro-batches per step / global count. The
+    global counts come from the draws of the step's examples (a pure function of their
+    indices), so no collective and no device sync is needed; DeepSpeed's averaging over
+    micro-batches and ranks then gives the global-batch mean and its gradient whatever the
+    split (issue 22)."""
+
+    def __init__(self, dataset, qa_from_epoch: int, features_on_device: bool = False,
+                 sampler=None):
         self.dataset, self.qa_from_epoch = dataset, qa_from_epoch
-        self.features_on_device = features_on_device
+        self.features_on_device, self.sampler = features_on_device, sampler
 
     def __call__(self, mb):
         self.dataset.set_epoch(mb.epoch)
         self.dataset.enable_qa(mb.epoch >= self.qa_from_epoch)
-        return self.dataset.make_packed(mb.indices, features_on_device=self.features_on_device)
+        batch = self.dataset.make_packed(mb.indices, features_on_device=self.features_on_device)
+        if self.sampler is not None:
+            batch["loss_norm"], batch["loss_present"] = self._norm(mb, batch)
+        return batch
+
+    def _norm(self, mb, batch):
+        """({task: scale}, {task: 1 where the global batch has items}) as CPU tensors."""
+        import torch
+
+        total = self.dataset.item_counts(self.sampler.global_indices(mb.step))
+        per_step = self.sampler.global_batch // self.sampler.micro_batch
+        local = {"mlm": batch["labels"], "qa": batch["ans"]}
+        scale = {task: torch.tensor(float(int((local[task] >= 0).sum())) * per_step / count
+                                    if count else 0.0, dtype=torch.float64)
+                 for task, count in total.items()}
+        from lxmert_fast.data.batch import KeepDtype
+
+        return KeepDtype(scale), {task: torch.tensor(1.0 if count else 0.0)
+                                  for task, count in total.items()}
 
 
 make_batch_fn = MakePacked

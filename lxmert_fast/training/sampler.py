@@ -47,10 +47,15 @@ class ResumableBatchSampler:
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
+    def global_indices(self, step: int) -> np.ndarray:
+        """Every example of optimizer step `step`, over all ranks and micro-batches."""
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        return self.permutation(epoch)[offset * self.global_batch:(offset + 1) * self.global_batch]
+
     def micro_batches(self, step: int) -> List[MicroBatch]:
         """This rank's micro-batches of optimizer step `step`."""
-        epoch, offset = divmod(step, self.steps_per_epoch)
-        batch = self.permutation(epoch)[offset * self.global_batch:(offset + 1) * self.global_batch]
+        epoch = step // self.steps_per_epoch
+        batch = self.global_indices(step)
         out = []
         for m in range(self.grad_accum):
             chunk = m * self.world_size + self.rank

@@ -17,6 +17,7 @@ import torch
 
 from lxmert_fast.data.batch import unpack_visual
 from lxmert_fast.heads import mlm_gather_index
+from lxmert_fast.modeling_losses import pretraining_total
 
 from .engine import engine_dtype
 
@@ -33,13 +34,18 @@ def prepare_pretrain(batch: dict) -> dict:
     positions (the head runs on the masked tokens only, static capacity), the task presence
     flags, and the packed visual half apart."""
     visual = batch.pop("visual")
+    norm, norm_present = batch.pop("loss_norm", None), batch.pop("loss_present", None)
     present = {}
     if batch.get("labels") is not None:
         batch["mlm_positions"] = mlm_gather_index(batch["labels"])
         present["mlm"] = _flag(batch["labels"])
     if batch.get("ans") is not None:
         present["qa"] = _flag(batch["ans"])
-    return {"model": batch, "visual": visual, "present": present}
+    out = {"model": batch, "visual": visual, "present": present}
+    if norm is not None:       # a share of the global-batch mean: every micro-batch counts
+        out["loss_norm"] = norm
+        present.update(norm_present)
+    return out
 
 
 class PretrainBatches:
@@ -65,7 +71,15 @@ class PretrainForward:
         model = dict(batch["model"])
         model.update(unpack_visual(batch["visual"], engine_dtype(engine), table=self.table))
         out = engine(**model)
-        return out.loss, out.losses, batch["present"]
+        norm = batch.get("loss_norm")
+        if not norm:
+            return out.loss, out.losses, batch["present"]
+        losses = dict(out.losses)
+        for task, scale in norm.items():          # micro-batch mean -> share of global mean
+            if task in losses:
+                wide = torch.promote_types(losses[task].dtype, torch.float32)
+                losses[task] = losses[task].to(wide) * scale.to(wide)
+        return pretraining_total(losses, out.loss.device), losses, batch["present"]
 
 
 pretrain_forward = PretrainForward()
