@@ -93,11 +93,18 @@ class AnswerTable:
     def all_answers(self) -> List[str]:
         return list(self._id2ans)
 
-    def prune_label(self, label: Dict[str, float]) -> Dict[str, float]:
-        """Normalise a label's answers and drop those outside the table (original semantics)."""
+    def prune_label(self, label: Dict[str, float],
+                    converted: Optional[Dict[str, str]] = None) -> Dict[str, float]:
+        """Normalise a label's answers and drop those outside the table (original semantics);
+        ``converted``: a dict that memoises the normalisation across calls (answers repeat)."""
         out = dict(label)
         for ans in list(out.keys()):        # in place, key by key, exactly as the original
-            new = convert_ans(ans)
+            if converted is None:
+                new = convert_ans(ans)
+            else:
+                new = converted.get(ans)
+                if new is None:
+                    new = converted[ans] = convert_ans(ans)
             if self.used(new):
                 if ans != new:
                     out[new] = out.pop(ans)

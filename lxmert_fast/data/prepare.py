@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .answers import AnswerTable, convert_ans
+from .answers import AnswerTable
 from .prepared import (PreparedCorpus, PreparedCorpusError, corpus_key, key_digest, open_prepared,
                        progress, write_prepared)
 from .records import load_records
@@ -60,25 +60,10 @@ class _Flat:
                 c["n_labels"].extend([0] * n)
                 continue
             for label in labels:
-                kept = _prune(label, table, convert)
+                kept = table.prune_label(label, convert)
                 c["n_labels"].append(len(kept))
                 self.label_ids.extend(table.ans2id(a) for a in kept)
                 self.label_scores.extend(kept.values())
-
-
-def _prune(label: Dict[str, float], table: AnswerTable, convert: Dict[str, str]) -> Dict:
-    """AnswerTable.prune_label with the normalisation memoised (answers repeat)."""
-    out = dict(label)
-    for ans in list(out.keys()):
-        new = convert.get(ans)
-        if new is None:
-            new = convert[ans] = convert_ans(ans)
-        if table.used(new):
-            if ans != new:
-                out[new] = out.pop(ans)
-        else:
-            out.pop(ans)
-    return out
 
 
 def _tokenize(texts: List[str], tokenizer, keep: int, show: bool):
