@@ -10,12 +10,11 @@ a hang, and a hang here is a failure with the launch's output, not a stuck CI.
 """
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
-from train_launch import COMMON, FINETUNE, REPO, ds_config, losses, run
+from train_launch import COMMON, FINETUNE, ds_config, losses, run
 
 pytestmark = pytest.mark.slow
 
