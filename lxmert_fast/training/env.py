@@ -69,6 +69,30 @@ def init_distributed(timeout_s: float = dist_watch.DEFAULT_TIMEOUT_S) -> None:
                 raise
             os.environ["MASTER_PORT"] = str(_free_port())
     dist_watch.configure(timeout_s, rank())
+    _unlink_shm_buffer()
+
+
+# DeepSpeed's CPU accelerator maps a 66 MB shared-memory buffer per rank for its allreduce
+# (ops/csrc/cpu/comm/shm.cpp, "deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>") and never
+# unlinks it: every multi-rank CPU run left its buffers in /dev/shm, which is RAM (316 of them,
+# 21 GB, after one session of tests here).
+SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
+
+
+def _unlink_shm_buffer() -> None:
+    """Unlink this rank's DeepSpeed CPU allreduce buffer once every rank has mapped every
+    buffer (the barrier after start-up): the mappings stay valid, and the memory is freed when
+    the processes end, however they end."""
+    path = SHM_BUFFER.format(uid=os.getuid(), addr=os.environ.get("MASTER_ADDR"),
+                             port=os.environ.get("MASTER_PORT"), rank=rank())
+    if not os.path.exists(path):
+        return
+    with dist_watch.waiting("start-up: every rank maps the CPU allreduce buffers"):
+        barrier()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
