@@ -43,13 +43,22 @@ def _images(quick: bool) -> int:
     return 40 if quick else int(os.environ.get("LXMERT_DATA_BENCH_IMAGES", FULL_IMAGES))
 
 
-def anon_mb(pid: int = None) -> float:
-    """Anonymous memory of a process (smaps_rollup), MB."""
+def _rollup(pid: int, field: str) -> float:
     with open(f"/proc/{pid or os.getpid()}/smaps_rollup", encoding="ascii") as f:
         for line in f:
-            if line.startswith("Anonymous:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no Anonymous line in /proc/{pid}/smaps_rollup")
+    raise RuntimeError(f"no {field} line in /proc/{pid}/smaps_rollup")
+
+
+def anon_mb(pid: int = None) -> float:
+    """Anonymous memory of a process (smaps_rollup), MB: its own, not the page cache it maps."""
+    return _rollup(pid, "Anonymous")
+
+
+def pss_mb(pid: int = None) -> float:
+    """Proportional set size (smaps_rollup), MB: shared pages divided among their users."""
+    return _rollup(pid, "Pss")
 
 
 def _tokenizer():
@@ -189,12 +198,14 @@ def test_worker_memory(benchmark, corpus):
         for _ in it:
             pass
         late = [anon_mb(p) for p in pids]
+        summed_pss = pss_mb(os.getpid()) + sum(pss_mb(p) for p in pids)
         del it, loader
-        return max(b - a for a, b in zip(early, late)), late
+        return max(b - a for a, b in zip(early, late)), late, summed_pss
 
-    growth, late = benchmark.pedantic(run, rounds=1, iterations=1)
+    growth, late, summed_pss = benchmark.pedantic(run, rounds=1, iterations=1)
     record(benchmark, variant="2-workers", shapes={"batches": batches, "batch": 32},
-           worker_anon_growth_mb=growth, worker_anon_mb=late)
+           worker_anon_growth_mb=growth, worker_anon_mb=late,
+           rank_and_workers_pss_mb=summed_pss)
     if not corpus["quick"]:
         assert growth <= 50, growth
 
