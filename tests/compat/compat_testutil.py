@@ -6,30 +6,12 @@ import pytest
 import torch
 
 from lxmert_fast import LxmertConfig
+from model_pairs import OURS_ONLY, hf_config, randomize_  # noqa: F401  (shared)
 
 TINY = dict(vocab_size=99, hidden_size=32, num_attention_heads=4, intermediate_size=64,
             l_layers=1, x_layers=1, r_layers=1, visual_feat_dim=16, num_qa_labels=7,
             num_object_labels=11, num_attr_labels=5, max_position_embeddings=24)
-OURS_ONLY = ("kernel_impl", "qa_loss", "layer_norm_eps", "task_itc", "itc_dim",
-             "itc_temperature")
 CLASSES = ("LxmertModel", "LxmertForPreTraining", "LxmertForQuestionAnswering")
-
-
-def hf_config(**kwargs):
-    from transformers import LxmertConfig as HFConfig
-
-    return HFConfig(**{k: v for k, v in kwargs.items() if k not in OURS_ONLY})
-
-
-def randomize_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Random weights everywhere (biases and LayerNorms too)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.05
-            p.copy_(1.0 + noise if "LayerNorm.weight" in name or "layer_norm.weight" in name
-                    else noise * 4 if p.dim() == 1 else noise)
-    return model
 
 
 def pair(cls_name: str, seed: int = 1, **overrides):

@@ -94,10 +94,10 @@ def test_no_recomputation_in_eval_or_without_grad():
 
 
 ZERO_SCRIPT = r"""
-import copy, json, sys
+import copy, json, os, sys
 import torch
 torch.set_num_threads(1)
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.dirname(HERE)]   # the test helpers (tests/model_pairs.py)
 import deepspeed
 from lxmert_fast import LxmertConfig, LxmertForPreTraining
 from compat_testutil import TINY, inputs, randomize_

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lxmert_fast import LxmertConfig
+from model_pairs import OURS_ONLY, hf_config, randomize_  # noqa: F401  (shared)
 
 SMALL = dict(vocab_size=99, hidden_size=64, num_attention_heads=4, intermediate_size=128,
              l_layers=2, x_layers=1, r_layers=2, visual_feat_dim=32, num_qa_labels=7,
@@ -11,26 +12,6 @@ SMALL = dict(vocab_size=99, hidden_size=64, num_attention_heads=4, intermediate_
 OTHER = dict(vocab_size=57, hidden_size=48, num_attention_heads=2, intermediate_size=72,
              l_layers=1, x_layers=2, r_layers=3, visual_feat_dim=20, num_qa_labels=3129,
              num_object_labels=13, num_attr_labels=6, max_position_embeddings=24)
-OURS_ONLY = ("kernel_impl", "qa_loss", "layer_norm_eps")
-
-
-def hf_config(**kwargs):
-    from transformers import LxmertConfig as HFConfig
-
-    return HFConfig(**{k: v for k, v in kwargs.items() if k not in OURS_ONLY})
-
-
-def randomize_(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Random weights everywhere (biases and LayerNorms too) so every path is exercised."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.05
-            p.copy_(1.0 + noise if name.endswith("LayerNorm.weight") or "layer_norm.weight" in name
-                    else noise * 4 if p.dim() == 1 else noise)
-    return model
-
-
 def pair(our_cls_name: str, kwargs: dict, seed: int = 1):
     """(ours, theirs) in eval mode with identical random weights (theirs loaded into ours)."""
     import transformers

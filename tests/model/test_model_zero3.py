@@ -18,7 +18,7 @@ SCRIPT = r"""
 import copy, json, os, sys
 import torch
 torch.set_num_threads(1)
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, os.path.dirname(HERE)]   # the test helpers (tests/model_pairs.py)
 import deepspeed
 from lxmert_fast import LxmertConfig, LxmertForPreTraining
 from lxmert_model_testutil import SMALL, inputs, pretrain_labels, randomize_
